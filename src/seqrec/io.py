@@ -1,0 +1,122 @@
+"""The one I/O layer: atomic writes of tables, JSON, text and checkpoints; data fingerprints.
+
+Every file seqrec writes goes through here: it is written to a temporary file beside
+its destination and renamed into place, so a crash never leaves a partial file that a
+later run could mistake for a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class OutputError(OSError):
+    """An output could not be written; the message names the path and the cause."""
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` if the block succeeds."""
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        os.close(fd)
+    except OSError as err:
+        raise OutputError(f"cannot write {dest}: {err.strerror or err}") from err
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except OSError as err:
+        raise OutputError(f"cannot write {dest}: {err.strerror or err}") from err
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_table(table: pa.Table | pd.DataFrame, dest: Path | str, **kwargs: Any) -> Path:
+    """Write a parquet file atomically; return its path."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    with atomic_path(dest) as tmp:
+        pq.write_table(table, tmp, **kwargs)
+    return Path(dest)
+
+
+def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a parquet file (or directory of files) into pandas."""
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def write_text(text: str, dest: Path | str) -> Path:
+    """Write a text file atomically; return its path."""
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(dest)
+
+
+def write_bytes(data: bytes, dest: Path | str) -> Path:
+    """Write a binary file atomically; return its path."""
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)
+
+
+def write_json(obj: Any, dest: Path | str) -> Path:
+    """Write JSON atomically (sorted keys, indented); return its path."""
+    return write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", dest)
+
+
+def read_json(path: Path | str) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def save_checkpoint(state: dict[str, Any], dest: Path | str) -> Path:
+    """Save a torch checkpoint atomically (tensors, arrays as lists, primitives only)."""
+    import torch
+
+    with atomic_path(dest) as tmp:
+        torch.save(state, tmp)
+    return Path(dest)
+
+
+def load_checkpoint(path: Path | str, map_location: str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``: no arbitrary pickle)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def fingerprint_files(paths: list[Path] | list[str], content: bool = False) -> str:
+    """Return a hash of file names, sizes and mtimes (or full contents with ``content``)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(p) for p in paths):
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+        if content:
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def fingerprint_tree(root: Path | str, pattern: str = "**/*.pq", content: bool = False) -> str:
+    """Return a fingerprint of every file under ``root`` matching ``pattern``."""
+    return fingerprint_files(sorted(Path(root).glob(pattern)), content=content)
+
+
+def fingerprint_obj(obj: Any) -> str:
+    """Return a stable hash of a JSON-able object (configs, parameter dicts)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

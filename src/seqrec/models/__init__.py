@@ -1,0 +1,1 @@
+"""Recommendation models: baselines and neural sequence models, one file each."""
