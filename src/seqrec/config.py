@@ -44,6 +44,10 @@ class DefectRates(Section):
     receipt_linkage: float = Field(0.06, ge=0, le=1)
     # Variable-length / empty embedding arrays in brands and reviews.
     ragged_embeddings: bool = True
+    # Not in TECD.md's table, but described there: "most [brand] embeddings missing"; item
+    # brand_id is nullable [3rd].
+    brands_missing_embedding: float = Field(0.70, ge=0, le=1)
+    items_missing_brand: float = Field(0.05, ge=0, le=1)
 
     @classmethod
     def none(cls) -> "DefectRates":
@@ -60,7 +64,7 @@ class GeneratorConfig(Section):
     first_day: int = Field(1082, ge=0)
     days: int = Field(14, gt=0)
     domains: tuple[Literal["marketplace", "retail", "offers"], ...] = ("marketplace", "retail", "offers")
-    events_per_user: float = Field(12.0, gt=0)  # mean events per user over the whole range
+    events_per_user: float = Field(12.0, gt=0)  # mean events per active user over the whole range (approx.)
     events_per_item: float = Field(25.0, gt=0)  # sets catalogue size from the scale
     intents: int = Field(50, gt=0)  # latent item groups the sessions are drawn from
     zipf_exponent: float = Field(1.05, gt=0)
@@ -68,7 +72,32 @@ class GeneratorConfig(Section):
     brand_embedding_dim: int = Field(300, gt=0)
     review_embedding_dim: int = Field(312, gt=0)
     workers: int = Field(2, gt=0)  # processes writing day partitions in parallel
+    # Other tables, sized relative to marketplace events (per day).
+    retail_events_ratio: float = Field(0.3, ge=0)
+    offers_events_ratio: float = Field(0.05, ge=0)
+    payments_ratio: float = Field(0.02, ge=0)  # payment events per marketplace event
+    receipts_share: float = Field(0.6, ge=0, le=1)  # payments that come with a receipt basket
+    basket_mean: float = Field(4.0, ge=1)  # receipt lines per basket (a few exceed 50: noise)
+    reviews_ratio: float = Field(0.005, ge=0)
+    items_per_brand: float = Field(10.0, gt=0)
+    # Sessions: a session has one latent intent; each step draws from the intent (popularity
+    # inside it), moves to the intent's successor of the previous item, repeats it, or
+    # revisits a random earlier item of the session (the rest of the steps are draws).
+    session_length_mean: float = Field(4.0, ge=1)
+    p_successor: float = Field(0.30, ge=0, le=1)
+    p_repeat: float = Field(0.10, ge=0, le=1)
+    p_revisit: float = Field(0.15, ge=0, le=1)
+    p_user_intent: float = Field(0.5, ge=0, le=1)  # session takes its user's favourite intent
+    gap_median_seconds: float = Field(120.0, gt=0)  # inside sessions (real ~195 s); kept below 30 minutes
+    like_share: float = Field(0.0004, ge=0, lt=1)  # marketplace likes (subdomain null on them)
     defects: DefectRates = DefectRates()
+
+    @model_validator(mode="after")
+    def _step_mix(self) -> "GeneratorConfig":
+        steps = self.p_successor + self.p_repeat + self.p_revisit
+        if steps > 1:
+            raise ValueError(f"generator.p_successor + p_repeat + p_revisit = {steps} exceeds 1")
+        return self
 
 
 # --------------------------------------------------------------------------- data
@@ -81,7 +110,8 @@ class DataConfig(Section):
     last_day: int | None = None
     on_bad_partition: Literal["fail", "skip"] = "fail"  # skip = quarantine and report
     embeddings: Literal["exclude", "repair"] = "exclude"
-    read_retries: int = Field(3, ge=0)
+    embedding_dim: int | None = Field(None, gt=0)  # repair: pad/truncate to this; None = modal length
+    read_retries: int = Field(3, ge=0)  # retries of a transient OSError per partition, then it is bad
     dask_address: str | None = None  # e.g. "tcp://127.0.0.1:8786"; None = local cluster
     dask_workers: int = Field(2, gt=0)
     dask_processes: bool = False
@@ -95,56 +125,94 @@ class DataConfig(Section):
 
 # --------------------------------------------------------------------------- quality
 class QualityConfig(Section):
-    """Great Expectations thresholds (``mostly`` = share of rows that must pass)."""
+    """Great Expectations thresholds and value sets; thresholds reach the suites as run-time parameters.
+
+    ``mostly`` maps a check (``"<table>.<check>"``, e.g. ``"users.region"``,
+    ``"items.retail.price"``, ``"brands.key_unique"``) to the share of rows that must pass in
+    the raw pass; unlisted checks use ``default_mostly`` (1.0: any defect is a finding with its
+    observed rate). ``cleaned_mostly`` does the same for the cleaned pass (the gate). A
+    production deployment overrides these maps; the suites stay the same.
+    """
 
     on_cleaned_failure: Literal["fail", "warn"] = "fail"
-    build_data_docs: bool = True
-    # Raw-pass thresholds: defaults sit just above TECD.md's rates so real data passes
-    # and anything worse is a finding.
-    mostly: dict[str, float] = {
-        "users.socdem_cluster": 0.998,
-        "users.region": 0.98,
-        "items.retail.price": 0.99,
-        "items.retail.category": 0.99,
-        "items.marketplace.price": 0.999,
-        "items.marketplace.category": 0.99,
-        "items.marketplace.subcategory": 0.99,
-        "payments.brand_id": 0.99,
-        "payments.price": 0.9999,
-        "receipts.brand_id": 0.99,
-        "receipts.price": 0.999,
-        "events.marketplace.subdomain": 0.999,
-    }
+    default_mostly: float = Field(1.0, ge=0, le=1)
+    mostly: dict[str, float] = {}
+    cleaned_mostly: dict[str, float] = {}
     price_range: tuple[float, float] = (-50.0, 50.0)
-    min_receipt_linkage: float = Field(0.5, ge=0, le=1)
+    rating_range: tuple[int, int] = (1, 5)
+    code_ranges: dict[str, tuple[int, int]] = {"socdem_cluster": (0, 21), "region": (0, 90)}
+    embedding_dims: dict[str, int] = {"brands": 300, "items": 300, "reviews": 312}
+    min_receipt_linkage: float = Field(0.5, ge=0, le=1)  # share of receipt lines found in a catalogue
     min_rows: int = Field(1, ge=0)
+    unique_keys: dict[str, tuple[str, ...]] = {
+        "users": ("user_id",),
+        "brands": ("brand_id",),
+        "items": ("item_id",),
+        "events": ("timestamp", "user_id", "item_id", "action_type"),
+    }
+    action_types: dict[str, tuple[str, ...]] = {
+        "marketplace": ("view", "click", "clickout", "like"),
+        "retail": ("view", "click", "added_to_cart", "added-to-cart", "order"),
+        "offers": ("view", "click", "clickout", "like"),
+    }
+    subdomains: dict[str, tuple[str, ...]] = {
+        "marketplace": ("u2i", "i2i", "catalog", "search", "other"),
+        "retail": ("catalog", "search", "other", "main", "i2i"),
+        "offers": ("u2i", "i2i", "catalog", "search", "other", "main"),
+    }
+    os_values: tuple[str, ...] = ("android", "ios", "other")
+    # Subdomain null is expected on these actions (marketplace likes); elsewhere it is a defect.
+    subdomain_null_actions: tuple[str, ...] = ("like",)
+    # Values the cleaning step may write, accepted by the cleaned pass.
+    subdomain_sentinels: tuple[str, ...] = ("unknown",)
+    int_sentinel: int = -1
+    workers: int = Field(2, gt=0)  # threads validating partitions when no Dask client is given
 
 
 # --------------------------------------------------------------------------- cleaning
 class CleaningConfig(Section):
-    """Cleaning policy (TECD.md): sentinels, deduplication keys, drops."""
+    """Cleaning policy (TECD.md): sentinels, deduplication keys, drops; rules keyed by table.
+
+    A rule keyed ``"items"`` applies to every ``items.<domain>`` table; an exact key
+    (``"items.retail"``) wins over the family key.
+    """
 
     int_sentinel: int = -1
     str_sentinel: str = "Unknown"
-    impute_int: tuple[str, ...] = ("socdem_cluster", "region", "brand_id")
-    impute_str: tuple[str, ...] = ("category", "subcategory")
+    impute_int: dict[str, tuple[str, ...]] = {
+        "users": ("socdem_cluster", "region"),
+        "items": ("brand_id",),
+        "payments": ("brand_id",),
+        "receipts": ("brand_id",),
+        "reviews": ("brand_id",),
+    }
+    impute_str: dict[str, tuple[str, ...]] = {"items": ("category", "subcategory")}
     drop_missing_price: tuple[str, ...] = ("items.retail", "payments", "receipts")
-    price_sentinel: float = 0.0  # marketplace items keep rows without price
+    # Tables keeping rows without price: price := sentinel and a boolean flag column.
+    price_sentinel_tables: tuple[str, ...] = ("items.marketplace", "items.offers")
+    price_sentinel: float = 0.0
+    price_flag_column: str = "price_missing"
     dedupe_keys: dict[str, tuple[str, ...]] = {
         "brands": ("brand_id",),
         "users": ("user_id",),
         "items": ("item_id",),
         "events": ("timestamp", "user_id", "item_id", "action_type"),
     }
+    action_aliases: dict[str, str] = {"added-to-cart": "added_to_cart"}
     drop_events_unknown_items: bool = False
-    subdomain_sentinel: str = "unknown"
+    subdomain_sentinel: str | None = None  # None: keep nulls (they mark likes)
 
 
 # --------------------------------------------------------------------------- features
 class SessionConfig(Section):
+    """Sessionization: a new session after MORE than ``gap_minutes`` of inactivity (a gap of exactly
+    ``gap_minutes`` continues the session), then optional support/length filters."""
+
     gap_minutes: float = Field(30.0, gt=0)
-    min_session_length: int = Field(1, ge=1)
-    min_item_support: int = Field(1, ge=1)
+    min_session_length: int = Field(1, ge=1)  # events per session, counted after the support filter
+    min_item_support: int = Field(1, ge=1)  # events per item over the whole table
+    filter_mode: Literal["once", "fixed_point"] = "fixed_point"  # repeat support+length until stable
+    workers: int = Field(1, gt=0)  # threads sessionizing day partitions in parallel
 
 
 class GraphConfig(Section):
@@ -153,8 +221,9 @@ class GraphConfig(Section):
     distance_weighting: bool = False
     max_basket: int = Field(50, gt=0)  # receipts with more items are noise
     copurchase_weight: float = Field(1.0, ge=0)
-    min_count: int = Field(1, ge=1)
+    min_count: int = Field(1, ge=1)  # raw co-occurrences (co-view pairs + baskets) an edge needs
     buckets: int = Field(16, gt=0)  # hash partitions for out-of-core aggregation
+    chunk_events: int = Field(1_000_000, gt=0)  # session events per pair-counting chunk
 
 
 class EmbeddingConfig(Section):
@@ -165,12 +234,21 @@ class EmbeddingConfig(Section):
     lr: float = Field(1e-3, gt=0)
     epochs: int = Field(5, gt=0)
     seed: int = 0
+    sampling: Literal["weighted", "all"] = "weighted"  # pairs drawn ∝ edge weight, or every edge once
+    steps_per_epoch: int = Field(0, ge=0)  # 0: 2 * edges / batch_size (both directions once)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)  # ReduceLROnPlateau on the epoch's mean loss
+    plateau_patience: int = Field(1, ge=0)
+    output: Literal["projection", "embedding"] = "projection"  # which vectors are returned
+    amp: bool = True  # mixed precision, CUDA only
 
 
 class FeaturesConfig(Section):
     sessions: SessionConfig = SessionConfig()
     graph: GraphConfig = GraphConfig()
     embeddings: EmbeddingConfig = EmbeddingConfig()
+    build_graph: bool = True  # pipeline: build the co-occurrence graph
+    build_embeddings: bool = True  # pipeline: train InfoNCE item embeddings on the graph
+    warm_start: bool = False  # pipeline: initialise GRU4Rec/SASRec item embeddings from them
 
 
 # --------------------------------------------------------------------------- models
@@ -198,6 +276,7 @@ class Gru4RecConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     epochs: int = Field(10, gt=0)
     init_from_embeddings: bool = False
+    init_projection: Literal["project", "error"] = "project"  # warm start with other dims: PCA or error
 
 
 class SasRecConfig(Section):
@@ -212,12 +291,17 @@ class SasRecConfig(Section):
     norm: Literal["pre", "post"] = "pre"
     tied: bool = True
     loss: Literal["cross-entropy", "sampled-softmax", "bce"] = "cross-entropy"
-    n_negatives: int = Field(256, gt=0)
+    n_negatives: int = Field(256, gt=0)  # sampled-softmax only: negatives shared by the batch
+    negatives: Literal["uniform", "popularity"] = "popularity"  # sampled-softmax, with logQ correction
+    # Sequences longer than max_len + 1: "last" trains on the last max_len + 1 items (the paper);
+    # "slide" cuts them into windows so that every transition is trained on once.
+    long_sequences: Literal["last", "slide"] = "last"
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     epochs: int = Field(30, gt=0)
     init_from_embeddings: bool = False
+    init_projection: Literal["project", "error"] = "project"  # warm start with other dims: PCA or error
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SasRecConfig":
@@ -227,18 +311,25 @@ class SasRecConfig(Section):
 
 
 class ItemKnnConfig(Section):
+    """Item-KNN: c_ij / (s_i^alpha s_j^(1-alpha) + shrinkage), sessions as item vectors."""
+
     neighbours: int = Field(100, gt=0)
     shrinkage: float = Field(20.0, ge=0)  # lambda
     alpha: float = Field(0.5, ge=0, le=1)  # asymmetric cosine; 0.5 = cosine
 
 
 class SessionKnnConfig(Section):
+    """Session-KNN: cosine neighbours among the ``sample`` most recent sessions sharing an item."""
+
     neighbours: int = Field(100, gt=0)
     sample: int = Field(1000, gt=0)
 
 
 class BprMfConfig(Section):
+    """BPR-MF; sessions are users in training, averaged item factors at scoring (GRU4Rec paper)."""
+
     factors: int = Field(64, gt=0)
+    optimizer: Literal["adagrad", "adam"] = "adagrad"  # adam = torch SparseAdam
     lr: float = Field(0.05, gt=0)
     reg: float = Field(1e-4, ge=0)
     epochs: int = Field(10, gt=0)

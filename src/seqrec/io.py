@@ -120,3 +120,36 @@ def fingerprint_tree(root: Path | str, pattern: str = "**/*.pq", content: bool =
 def fingerprint_obj(obj: Any) -> str:
     """Return a stable hash of a JSON-able object (configs, parameter dicts)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_sessions(ds: "SessionDataset", dest: Path | str) -> Path:
+    """Save a SessionDataset (with its vocabulary) as one .npz file, atomically, no pickle."""
+    import numpy as np
+
+    arrays = {
+        "vocab": np.asarray(ds.vocab.ids, dtype=str),
+        "offsets": ds.offsets,
+        "items": ds.items,
+        "times": ds.times,
+        "session_keys": np.asarray(ds.session_keys).astype(str),
+    }
+    if ds.actions is not None:
+        arrays["actions"] = np.asarray(ds.actions, dtype=str)
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return Path(dest)
+
+
+def load_sessions(path: Path | str) -> "SessionDataset":
+    """Load a SessionDataset written by ``save_sessions`` (``allow_pickle=False``)."""
+    import numpy as np
+
+    from seqrec.sequences import ItemVocab, SessionDataset
+
+    with np.load(path, allow_pickle=False) as z:
+        actions = z["actions"].astype(object) if "actions" in z else None
+        return SessionDataset(
+            ItemVocab(z["vocab"].astype(object)), z["offsets"], z["items"], z["times"],
+            z["session_keys"].astype(object), actions,
+        )

@@ -138,3 +138,21 @@ def build_sessions(events: pd.DataFrame, vocab: ItemVocab | None = None) -> tupl
         actions,
     )
     return ds, unknown
+
+
+def reencode_sessions(ds: SessionDataset, vocab: ItemVocab, min_length: int = 2) -> tuple[SessionDataset, dict]:
+    """Return ``ds`` re-encoded to ``vocab``: unknown items removed, short sessions dropped, with counts."""
+    items = vocab.encode(ds.vocab.decode(ds.items))
+    known = items != PAD
+    session_of = np.repeat(np.arange(ds.n_sessions), ds.lengths)
+    lens = np.bincount(session_of[known], minlength=ds.n_sessions)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    actions = None if ds.actions is None else ds.actions[known]
+    kept = SessionDataset(vocab, offsets, items[known], ds.times[known], ds.session_keys, actions)
+    out = kept.subset(lens >= min_length)
+    report = {
+        "unknown_items_removed": int((~known).sum()),
+        "short_sessions_dropped": int((lens < min_length).sum()),
+        "events_in_dropped_sessions": int(lens[lens < min_length].sum()),
+    }
+    return out, report

@@ -1,0 +1,96 @@
+"""Measure ``recommend`` throughput (sessions/s, batched) and single-session latency; one JSON line per model.
+
+    .venv/bin/python benchmarks/bench_recommend.py --items 50000 --sessions 10240 --threads 2
+
+Models: SASRec (default config sizes, weights as initialised: scoring cost does not depend
+on training) and Popularity, over a synthetic catalogue of ``--items`` original ids. Sessions
+hold 1..``--max-session`` random known ids plus one unknown id in 5% of them (counted).
+Timings include encoding, scoring, top-k with seen items excluded and decoding to ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+
+from seqrec.config import SasRecConfig, TrainingConfig
+from seqrec.models.baselines import Popularity
+from seqrec.models.sasrec import SASRec
+from seqrec.recommend import recommend
+from seqrec.sequences import ItemVocab, SessionDataset
+
+
+def parse_args() -> argparse.Namespace:
+    """Return the command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--items", type=int, default=50_000)
+    p.add_argument("--sessions", type=int, default=10_240)
+    p.add_argument("--max-session", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--single", type=int, default=300, help="single-session calls timed for p50/p99")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def make_sessions(vocab: ItemVocab, n: int, max_len: int, rng: np.random.Generator) -> list[list[str]]:
+    """Return ``n`` sessions of random original ids, 5% with one unknown id appended."""
+    ids = vocab.ids[1:]
+    lengths = rng.integers(1, max_len + 1, n)
+    sessions = [list(ids[rng.integers(0, len(ids), m)]) for m in lengths]
+    for i in np.flatnonzero(rng.random(n) < 0.05):
+        sessions[i].append(f"unknown-{i}")
+    return sessions
+
+
+def build_models(vocab: ItemVocab, rng: np.random.Generator) -> dict:
+    """Return a SASRec (initialised weights) and a Popularity model (Zipf-like support) over ``vocab``."""
+    sasrec = SASRec(SasRecConfig(), TrainingConfig(device="cpu", progress=False))
+    sasrec.build_net(vocab)
+    items = (rng.zipf(1.3, 500_000) % vocab.size + 1).astype(np.int64)
+    data = SessionDataset(vocab, np.array([0, len(items)]), items, np.zeros(len(items), np.int64), np.array([0]))
+    return {"sasrec": sasrec, "popularity": Popularity().fit(data)}
+
+
+def time_model(model, vocab: ItemVocab, sessions: list[list[str]], args: argparse.Namespace) -> dict:
+    """Return batched throughput and single-session latency figures for one model."""
+    recommend(model, sessions[:64], k=args.k, vocab=vocab)  # warm-up
+    start = time.perf_counter()
+    out = recommend(model, sessions, k=args.k, batch_size=args.batch_size, vocab=vocab)
+    batched = time.perf_counter() - start
+    latencies = []
+    for s in sessions[: args.single]:
+        t0 = time.perf_counter()
+        recommend(model, [s], k=args.k, vocab=vocab)
+        latencies.append((time.perf_counter() - t0) * 1000)
+    return {
+        "sessions_per_s": round(len(sessions) / batched),
+        "batched_seconds": round(batched, 3),
+        "single_p50_ms": round(float(np.percentile(latencies, 50)), 3),
+        "single_p99_ms": round(float(np.percentile(latencies, 99)), 3),
+        "unknown_items": out.unknown_items,
+    }
+
+
+def main() -> None:
+    """Build the models and sessions, time them, print one JSON line per model."""
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    logging.getLogger("seqrec.recommend").setLevel(logging.ERROR)  # unknown-id counts are in the JSON
+    rng = np.random.default_rng(args.seed)
+    vocab = ItemVocab(np.array(["<pad>"] + [f"item-{i}" for i in range(args.items)], dtype=object))
+    sessions = make_sessions(vocab, args.sessions, args.max_session, rng)
+    for name, model in build_models(vocab, rng).items():
+        figures = time_model(model, vocab, sessions, args)
+        print(json.dumps({"model": name, "items": args.items, "sessions": args.sessions, "k": args.k,
+                          "batch_size": args.batch_size, "threads": torch.get_num_threads(), **figures}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The seqrec flows: ingest, quality, clean, features, train, evaluate, and the parent pipeline.
+
+Flows only compose tasks; every parameter is the typed config (``SeqrecConfig``), so the
+Prefect UI, deployments and the CLI all override the same defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from seqrec.config import SeqrecConfig
+from tasks import data as D
+from tasks import features as F
+from tasks import models as M
+from tasks import quality as Q
+from tasks.common import bind, code_version
+
+
+def stage_dir(cfg: SeqrecConfig, name: str) -> str:
+    """Return the absolute output directory of a stage inside the run directory."""
+    return str((cfg.output.run_dir / name).resolve())
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
+    """Resolve (or generate) the raw data and load its event partitions into per-day files."""
+    source = bind(D.resolve_data_root, config)(config)
+    from seqrec.stages import fingerprint_raw_events
+
+    raw_fp = fingerprint_raw_events(source["root"], config.data)
+    ingest = bind(D.ingest_events, config)(source["root"], raw_fp, config.data, stage_dir(config, "ingest"), code_version())
+    return {"root": source["root"], **ingest}
+
+
+@flow(name="quality", log_prints=True)
+def quality_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
+    """Validate the raw tables and every raw event day partition (in parallel): findings, not gates."""
+    code, out, root = code_version(), stage_dir(config, "quality"), ingested["root"]
+    days = [bind(Q.validate_events_day, config).submit(d, "raw", config.quality, out, code, root, config.data.domains)
+            for d in ingested["days"]]
+    tables = bind(Q.validate_tables, config)(root, tables_fingerprint(root), "raw", config.quality, config.data, out, code)
+    return {"days": [d.result() for d in days], "tables": tables}
+
+
+@flow(name="clean", log_prints=True)
+def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
+    """Clean every event day partition and the other tables, gate on the cleaned suites, write the report."""
+    code, out, qdir, root = code_version(), stage_dir(config, "clean"), stage_dir(config, "quality"), ingested["root"]
+    futures = [bind(Q.clean_events_day, config).submit(d, config.cleaning, out, code) for d in ingested["days"]]
+    days = [f.result() for f in futures]
+    fp = tables_fingerprint(root)
+    tables = bind(Q.clean_tables, config)(root, fp, config.cleaning, config.data, out, code)
+    gates = [bind(Q.validate_events_day, config).submit(d, "cleaned", config.quality, qdir, code, root, config.data.domains)
+             for d in days]
+    checked = bind(Q.validate_tables, config)(tables["clean_root"], fp, "cleaned", config.quality, config.data, qdir, code, root)
+    cleaned = {"days": days, "tables": tables, "gates": [g.result() for g in gates], "checked_tables": checked}
+    cleaned["report"] = Q.write_quality_report(qdir, cleaned, stage_dir(config, "reports"))
+    return cleaned
+
+
+def tables_fingerprint(root: str) -> str:
+    """Return a fingerprint of the raw non-event tables (names, sizes, mtimes)."""
+    from seqrec.io import fingerprint_files
+
+    base = Path(root)
+    files = [p for p in base.rglob("*.pq") if "events" not in p.parent.name or p.parent.parent.name == "payments"]
+    return fingerprint_files(files)
+
+
+@flow(name="features", log_prints=True)
+def features_flow(cleaned: dict, root: str, config: SeqrecConfig = SeqrecConfig()) -> dict:
+    """Build sessions, the item co-occurrence graph and (optionally) InfoNCE item embeddings."""
+    code, f = code_version(), config.features
+    days = cleaned["days"]
+    sessions = bind(F.sessionize_events, config)([d["path"] for d in days], [d["fingerprint"] for d in days],
+                                                 f.sessions, stage_dir(config, "features/sessions"), code)
+    out = {"sessions": sessions, "fingerprint": sessions_fingerprint(days, f.sessions)}
+    if f.build_graph:
+        out["graph"] = bind(F.build_item_graph, config)(sessions["sessions"], out["fingerprint"], root, f.graph, config.data,
+                                                        stage_dir(config, "features/graph"), code)
+    if f.build_graph and f.build_embeddings:
+        out["embeddings"] = bind(F.train_item_embeddings, config)(out["graph"], f.embeddings, config.training,
+                                                                  stage_dir(config, "features/embeddings"), code)
+    return out
+
+
+def sessions_fingerprint(days: list[dict], cfg) -> str:
+    """Return a fingerprint of the sessionized data: cleaned days plus session settings."""
+    from seqrec.io import fingerprint_obj
+
+    return fingerprint_obj([[d["fingerprint"] for d in days], cfg.model_dump(mode="json")])
+
+
+@flow(name="train", log_prints=True)
+def train_flow(features: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
+    """Split the sessions by the evaluation protocol and train every configured model."""
+    code = code_version()
+    split = bind(M.split_sessions, config)(features["sessions"]["sessions"], features["fingerprint"], config.evaluation,
+                                           stage_dir(config, "split"), code)
+    emb = features.get("embeddings", {}).get("path") if config.features.warm_start else None
+    futures = [bind(M.train_model, config).submit(name, split, config, stage_dir(config, "models"), code, emb)
+               for name in config.models.names]
+    return {"split": split, "trained": [f.result() for f in futures]}
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(trained: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
+    """Evaluate every trained model with full ranking and publish the comparison report."""
+    code = code_version()
+    futures = [bind(M.evaluate_model, config).submit(t, trained["split"], config.evaluation, code) for t in trained["trained"]]
+    results = [f.result() for f in futures]
+    report = M.write_model_report(results, stage_dir(config, "reports"))
+    return {"results": results, "report": report}
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
+    """Run the whole DAG: ingest, quality, clean, features, train, evaluate."""
+    log = get_run_logger()
+    ingested = ingest_flow(config=config)
+    quality = quality_flow(ingested=ingested, config=config)
+    cleaned = clean_flow(ingested=ingested, config=config)
+    features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
+    trained = train_flow(features=features, config=config)
+    evaluated = evaluate_flow(trained=trained, config=config)
+    reports = {"quality": cleaned["report"]["html"], **evaluated["report"]}
+    log.info("Reports: %s", reports)
+    return {"reports": reports, "metrics": {r["model"]: r["metrics"] for r in evaluated["results"]},
+            "run_dir": str(Path(config.output.run_dir).resolve())}

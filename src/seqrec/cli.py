@@ -1,0 +1,318 @@
+"""The ``seqrec`` command line: every pipeline stage on its own, plus ``run`` for the whole flow.
+
+Commands that produce figures accept ``--json`` and then print exactly one JSON object on
+stdout (logs and progress go to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from seqrec.config import ConfigError, SeqrecConfig, load_config
+
+EPILOG = """Configuration: every command accepts --config FILE.yaml and repeated --set key.path=value
+(e.g. --set training.device=cpu --set models.gru4rec.hidden=64). Unknown keys are an error.
+Outputs go under output.root/output.run_name (default outputs/default)."""
+
+
+def emit(payload: dict[str, Any], as_json: bool, human: Callable[[dict], str] | None = None) -> None:
+    """Print one JSON object (``--json``) or a human-readable summary."""
+    if as_json:
+        print(json.dumps(payload, default=str, sort_keys=True))
+    else:
+        print(human(payload) if human else json.dumps(payload, indent=2, default=str))
+
+
+def progress_printer(stage: str, done: int, total: int) -> None:
+    """Show progress of long steps on stderr."""
+    print(f"\r{stage}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+
+def config_from(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> SeqrecConfig:
+    """Return the config from --config, then --set overrides, then command options."""
+    sets = list(args.set or [])
+    cfg = load_config(args.config, sets)
+    if extra:
+        from seqrec.config import build_config, parse_overrides
+
+        cfg = build_config(cfg.model_dump(mode="json"), parse_overrides(sets), extra)
+    return cfg
+
+
+def add_common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    """Add --config, --set and (optionally) --json to a sub-command."""
+    p.add_argument("--config", type=Path, help="YAML config file (see README: Configuration)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_generate(args: argparse.Namespace) -> dict:
+    """Generate a synthetic T-ECD root."""
+    from seqrec.config import DefectRates
+    from seqrec.generate import generate_tecd
+
+    extra: dict[str, Any] = {"generator": {k: v for k, v in
+                                           {"events": args.events, "seed": args.seed, "days": args.days, "workers": args.workers}.items()
+                                           if v is not None}}
+    if args.no_defects:
+        extra["generator"]["defects"] = DefectRates.none().model_dump()
+    cfg = config_from(args, extra)
+    out = args.out or cfg.output.run_dir / "data"
+    summary = generate_tecd(Path(out), cfg.generator, progress_printer)
+    return {"root": str(out), **summary}
+
+
+def cmd_run(args: argparse.Namespace) -> dict:
+    """Run the whole pipeline as a Prefect flow."""
+    extra = {"data": {"root": str(args.data)}} if args.data else {}
+    cfg = config_from(args, extra)
+    from flows.pipeline import pipeline_flow
+
+    start = time.perf_counter()
+    result = pipeline_flow(config=cfg)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def cmd_load(args: argparse.Namespace) -> dict:
+    """Load a T-ECD root's event partitions into canonical per-day parquet files."""
+    from seqrec import stages
+
+    cfg = config_from(args, {"data": {"root": str(args.root)}})
+    return stages.ingest_events(str(args.root), cfg.data, str(args.out))
+
+
+def cmd_import(args: argparse.Namespace) -> dict:
+    """Import public session data (GRU4Rec TSV or `user item` lines) into a canonical table."""
+    from seqrec import io
+    from seqrec.importers import import_gru4rec_tsv, import_user_item_lines
+
+    events = import_gru4rec_tsv(args.path) if args.format == "gru4rec" else import_user_item_lines(args.path)
+    io.write_table(events, args.out)
+    return {"rows": len(events), "sessions": int(events["session_id"].nunique()),
+            "items": int(events["item_id"].nunique()), "out": str(args.out)}
+
+
+def read_events_arg(path: Path, fmt: str):
+    """Return canonical events with session ids from a TSV, `user item` file or parquet."""
+    from seqrec import io
+    from seqrec.importers import import_gru4rec_tsv, import_user_item_lines
+
+    if fmt == "gru4rec" or (fmt == "auto" and path.suffix in (".tsv", ".txt") and _has_header(path)):
+        return import_gru4rec_tsv(path)
+    if fmt in ("user-item", "auto") and path.suffix == ".txt":
+        return import_user_item_lines(path)
+    return io.read_table(path)
+
+
+def _has_header(path: Path) -> bool:
+    """Return whether the file's first line looks like a GRU4Rec TSV header."""
+    with open(path, encoding="utf-8") as fh:
+        return "SessionId" in fh.readline()
+
+
+def build_split(args: argparse.Namespace, cfg: SeqrecConfig):
+    """Return a Split from --train/--test files (pre-split) or one --events file and the protocol."""
+    from seqrec.splits import split_by_time, split_leave_one_out, split_presplit
+
+    if args.test is not None:
+        return split_presplit(read_events_arg(args.train, args.format), read_events_arg(args.test, args.format),
+                              cfg.evaluation.valid_days)
+    events = read_events_arg(args.train, args.format)
+    if cfg.evaluation.protocol == "loo":
+        return split_leave_one_out(events)
+    return split_by_time(events, cfg.evaluation.test_days, cfg.evaluation.valid_days)
+
+
+def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Return evaluation overrides from --protocol / --candidates options."""
+    ev: dict[str, Any] = {}
+    if getattr(args, "protocol", None):
+        ev["protocol"] = args.protocol
+    if getattr(args, "candidates", None):
+        ev["candidates"] = args.candidates
+    return {"evaluation": ev} if ev else {}
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    """Train one named model on user files; save the model and the split next to it."""
+    from seqrec import stages
+
+    cfg = config_from(args, protocol_overrides(args))
+    out = Path(args.out)
+    split = stages.save_split(build_split(args, cfg), str(out / "split"))
+    return stages.train_model(args.model, split["split_dir"], cfg, str(out), args.embeddings)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    """Evaluate a trained model on the split saved by `seqrec train` (or given files)."""
+    from seqrec import stages
+
+    cfg = config_from(args, protocol_overrides(args))
+    model = Path(args.model)
+    split_dir = args.split or model.parent / "split"
+    if args.test is not None:
+        split_dir = Path(stages.save_split(build_split(args, cfg), str(model.parent / "split_eval"))["split_dir"])
+    return stages.evaluate_trained_model(str(model), str(split_dir), cfg.evaluation, part=args.part)
+
+
+def cmd_recommend(args: argparse.Namespace) -> dict:
+    """Recommend the top K items for every session in a file."""
+    from seqrec.recommend import load_model, read_sessions_file, recommend
+
+    model = load_model(args.model)
+    sessions = read_sessions_file(args.sessions)
+    start = time.perf_counter()
+    recs = recommend(model, sessions, k=args.k, exclude_seen=not args.keep_seen)
+    seconds = time.perf_counter() - start
+    return {"recommendations": [list(r) for r in recs], "sessions": len(sessions), "seconds": round(seconds, 4),
+            "sessions_per_second": round(len(sessions) / max(seconds, 1e-9), 1),
+            "unknown_items": getattr(recs, "unknown_items", 0)}
+
+
+def cmd_validate(args: argparse.Namespace) -> dict:
+    """Validate a T-ECD root's tables and event partitions with the Great Expectations suites."""
+    from seqrec import stages
+
+    cfg = config_from(args, {"data": {"root": str(args.root)}})
+    return stages.validate_root(str(args.root), args.stage, cfg, str(args.out))
+
+
+def cmd_clean(args: argparse.Namespace) -> dict:
+    """Clean a T-ECD root by the configured policy; quarantine every dropped row with its reason."""
+    from seqrec import stages
+
+    cfg = config_from(args, {"data": {"root": str(args.root)}})
+    return stages.clean_root(str(args.root), cfg, str(args.out))
+
+
+def cmd_features(args: argparse.Namespace) -> dict:
+    """Build sessions, the co-occurrence graph and item embeddings from canonical events."""
+    from seqrec import stages
+
+    cfg = config_from(args)
+    out = Path(args.out)
+    sessions = stages.sessionize_events([str(p) for p in args.events], cfg.features.sessions, str(out / "sessions"))
+    result: dict[str, Any] = {"sessions": sessions}
+    if cfg.features.build_graph:
+        result["graph"] = stages.build_item_graph(sessions["sessions"], str(args.root or ""), cfg.features.graph,
+                                                  str(out / "graph"), cfg.data)
+        if cfg.features.build_embeddings:
+            result["embeddings"] = stages.train_item_embeddings(result["graph"], cfg.features.embeddings, cfg.training,
+                                                                str(out / "embeddings"))
+    return result
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(prog="seqrec", description="Raw e-commerce event logs to trained next-item recommenders.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("generate", help="write a synthetic T-ECD root (layout, schemas, defects)", epilog=EPILOG)
+    add_common(p)
+    p.add_argument("--out", type=Path, help="root directory to write (default: <run dir>/data)")
+    p.add_argument("--events", type=int, help="marketplace events in total (the scale knob)")
+    p.add_argument("--days", type=int, help="number of day partitions")
+    p.add_argument("--seed", type=int, help="random seed (same seed, same bytes)")
+    p.add_argument("--workers", type=int, help="processes writing day partitions")
+    p.add_argument("--no-defects", action="store_true", help="switch every documented defect off")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("run", help="run the whole pipeline as a Prefect flow", epilog=EPILOG)
+    add_common(p)
+    p.add_argument("--data", type=Path, help="T-ECD root to read (default: generate data)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("load", help="load a T-ECD root's events into canonical per-day parquet (Dask)")
+    add_common(p)
+    p.add_argument("root", type=Path, help="T-ECD root (…/dataset/small)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("import", help="import GRU4Rec TSV or `user item` lines into a canonical table")
+    add_common(p)
+    p.add_argument("path", type=Path)
+    p.add_argument("--format", choices=["gru4rec", "user-item"], required=True)
+    p.add_argument("--out", type=Path, required=True, help="parquet file to write")
+    p.set_defaults(func=cmd_import)
+
+    for name, func, text in (("validate", cmd_validate, "validate a T-ECD root with the Great Expectations suites"),
+                             ("clean", cmd_clean, "clean a T-ECD root; quarantine dropped rows with reasons")):
+        p = sub.add_parser(name, help=text)
+        add_common(p)
+        p.add_argument("root", type=Path, help="T-ECD root")
+        p.add_argument("--out", type=Path, required=True, help="output directory (reports, cleaned data)")
+        if name == "validate":
+            p.add_argument("--stage", choices=["raw", "cleaned"], default="raw", help="raw: findings; cleaned: gates")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("features", help="sessions, co-occurrence graph and InfoNCE item embeddings")
+    add_common(p)
+    p.add_argument("events", type=Path, nargs="+", help="canonical event parquet files (e.g. day partitions)")
+    p.add_argument("--root", type=Path, help="T-ECD root for receipts (co-purchase edges)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("train", help="train a named model on your data (GRU4Rec TSV, `user item` lines, parquet)")
+    add_common(p)
+    p.add_argument("model", choices=["popularity", "spop", "markov", "itemknn", "sknn", "bprmf", "gru4rec", "sasrec"])
+    p.add_argument("--train", type=Path, required=True, help="training events (or all events, split by --protocol)")
+    p.add_argument("--test", type=Path, help="test events when already split (GRU4Rec train/test TSVs)")
+    p.add_argument("--format", choices=["auto", "gru4rec", "user-item", "parquet"], default="auto")
+    p.add_argument("--protocol", choices=["session", "loo"], help="session = GRU4Rec, loo = SASRec leave-one-out")
+    p.add_argument("--embeddings", help="item embeddings .npz to warm-start neural models")
+    p.add_argument("--out", type=Path, required=True, help="directory for the model, its split and history")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained model (full ranking unless --candidates sampled)")
+    add_common(p)
+    p.add_argument("model", type=Path, help="model file written by `seqrec train`")
+    p.add_argument("--split", type=Path, help="split directory (default: next to the model)")
+    p.add_argument("--train", type=Path, help="with --test: evaluate on these files instead")
+    p.add_argument("--test", type=Path)
+    p.add_argument("--format", choices=["auto", "gru4rec", "user-item", "parquet"], default="auto")
+    p.add_argument("--part", choices=["test", "valid"], default="test")
+    p.add_argument("--protocol", choices=["session", "loo"])
+    p.add_argument("--candidates", choices=["full", "sampled"], help="sampled = paper comparison only (labelled)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-K recommendations for sessions in a file")
+    add_common(p)
+    p.add_argument("model", type=Path)
+    p.add_argument("sessions", type=Path, help="one session per line (item ids separated by spaces or commas)")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--keep-seen", action="store_true", help="allow items already in the session")
+    p.set_defaults(func=cmd_recommend)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # The embedded API starts inside this process; give it time on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    if os.environ.get("PREFECT_HOME"):  # Prefect does not create missing parent directories
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except ConfigError as err:
+        print(f"seqrec: configuration error: {err}", file=sys.stderr)
+        return 2
+    emit(result, getattr(args, "json", False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

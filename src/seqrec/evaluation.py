@@ -1,0 +1,346 @@
+"""Offline evaluation: the rank of every next-item target, and metrics from the ranks.
+
+The protocol is explicit and written into every result (``EvaluationResult.protocol``):
+
+* **targets** ``"all"`` (GRU4Rec, config ``protocol: session``): every event after the first
+  in each session is a target and its prefix is the input, scored with ``model.score_steps``.
+  ``"last"`` (leave-one-out, config ``protocol: loo``): only the last item of each sequence
+  is a target, the input is everything before it, scored with ``model.score_last``.
+  Sequences of one event have no target; their number is reported.
+* **candidates** ``"full"``: every catalogue item ``1..V`` (column 0, padding, never counts).
+  ``"sampled"``: the target against ``n_negatives`` distinct items drawn uniformly (seeded)
+  from the items not in the target's sequence; for paper comparisons only, and labelled so.
+* **ties** ``conservative``: rank = number of candidates scoring >= the target (the target
+  included, so a unique top score is rank 1); ``optimistic``: 1 + number scoring strictly
+  higher; ``average``: the mean of both. NaN scores are an error. A target scored ``-inf``
+  is not a candidate and counts as a miss (rank ``inf``).
+* **exclude_seen** ``True``: items of the prefix are not candidates (scored ``-inf``). A
+  target that is itself in the prefix (a repeat) is then not a candidate either: it counts
+  as a miss, and the number of such targets is ``protocol["repeat_targets_excluded"]``.
+  ``False`` (GRU4Rec's protocol): every item is a candidate. No effect in sampled mode,
+  whose negatives are unseen items and whose target is always a candidate.
+* **metrics** at each cut-off K: ``recall@K`` (= ``hr@K``, one target per prediction),
+  ``mrr@K`` (reciprocal rank, 0 beyond K) and ``ndcg@K`` (1 / log2(rank + 1), 0 beyond K).
+* **breakdowns**: by the target's action type (when the data has actions); by session length
+  (``<3`` = cold start, ``>=3``); by prefix length (``1``, ``2``, ``3-4``, ``5-9``, ``10-19``,
+  ``20+``); by the target's training popularity when ``train_support`` is given: ``head`` =
+  items with support at least that of the item at the 20% position of the catalogue sorted
+  by support (the top ~20% of items), ``tail`` = other items seen in training, ``unseen`` =
+  zero training support.
+"""
+
+from __future__ import annotations
+
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from seqrec.config import EvaluationConfig
+from seqrec.models.base import Recommender
+from seqrec.sequences import SessionDataset
+
+TARGETS_BY_PROTOCOL = {"session": "all", "loo": "last"}
+PREFIX_EDGES = (1, 2, 3, 5, 10, 20)  # prefix-length buckets: [1], [2], [3,5), [5,10), [10,20), [20,inf)
+HEAD_SHARE = 0.2
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics over all targets, per-group breakdowns, and the protocol that produced them."""
+
+    metrics: dict[str, float]
+    n_targets: int
+    breakdowns: dict[str, dict[str, dict[str, float]]]
+    protocol: dict
+
+    def to_dict(self) -> dict:
+        """Return a JSON-safe dict of the whole result."""
+        return asdict(self)
+
+
+def count_above(scores: np.ndarray, target_scores: np.ndarray, strict: bool, skip_pad: bool) -> np.ndarray:
+    """Return per row the number of scores (R, N) >= (or > if strict) the row's target score (R,)."""
+    compare = np.greater if strict else np.greater_equal
+    counts = compare(scores, target_scores[:, None]).sum(1)  # (R,); numpy: ~6x torch's bool sum on CPU
+    if skip_pad:
+        counts -= compare(scores[:, 0], target_scores)  # column 0 is padding, never a candidate
+    return counts
+
+
+def rank_against(target_scores: np.ndarray, scores: np.ndarray, ties: str, skip_pad: bool = False) -> np.ndarray:
+    """Return float64 ranks (R,) of target scores (R,) among candidate scores (R, N) that include them."""
+    if ties == "conservative":
+        ranks = count_above(scores, target_scores, False, skip_pad).astype(np.float64)
+    elif ties == "optimistic":
+        ranks = 1.0 + count_above(scores, target_scores, True, skip_pad)
+    elif ties == "average":
+        at_least = count_above(scores, target_scores, False, skip_pad)
+        ranks = 0.5 * (at_least + 1 + count_above(scores, target_scores, True, skip_pad))
+    else:
+        raise ValueError(f"ties={ties!r} is not one of conservative, optimistic, average")
+    ranks[np.isneginf(target_scores)] = np.inf
+    return ranks
+
+
+def check_no_nan(scores: np.ndarray) -> None:
+    """Raise if any candidate score (columns 1..V of (B, V + 1)) is NaN, naming the rows."""
+    if not np.isnan(scores[:, 1:].sum(1)).any():  # one fast reduction; exact check only if flagged
+        return
+    nan_rows = np.flatnonzero(np.isnan(scores[:, 1:]).any(1))
+    if len(nan_rows):  # (a flagged row may only hold +inf and -inf)
+        raise ValueError(f"scores hold NaN in {len(nan_rows)} of {len(scores)} rows (first: row {nan_rows[0]})")
+
+
+def as_scores(scores) -> np.ndarray:
+    """Return scores as a numpy array (a torch tensor is moved to the CPU)."""
+    if isinstance(scores, torch.Tensor):
+        return scores.detach().cpu().numpy()
+    return np.asarray(scores)
+
+
+def ranks_from_scores(scores: np.ndarray, targets: np.ndarray, ties: str = "conservative") -> np.ndarray:
+    """Return float64 ranks (B,) of targets (B,) in 1..V under full ranking of scores (B, V + 1)."""
+    scores, targets = as_scores(scores), np.asarray(targets, dtype=np.int64)
+    n_items = scores.shape[1] - 1
+    if len(targets) and (targets.min() < 1 or targets.max() > n_items):
+        raise ValueError(f"targets must be item indices in 1..{n_items}, got {targets.min()}..{targets.max()}")
+    check_no_nan(scores)
+    target_scores = scores[np.arange(len(targets)), targets]  # (B,)
+    return rank_against(target_scores, scores, ties, skip_pad=True)
+
+
+def metrics_from_ranks(ranks: np.ndarray, cutoffs) -> dict[str, float]:
+    """Return recall@K, hr@K, mrr@K and ndcg@K (means over targets) for every cut-off K."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if len(ranks) == 0:
+        raise ValueError("metrics_from_ranks: no ranks (no targets) to compute metrics from")
+    out: dict[str, float] = {}
+    for k in cutoffs:
+        hit = ranks <= k
+        out[f"recall@{k}"] = out[f"hr@{k}"] = float(hit.mean())
+        out[f"mrr@{k}"] = float(np.where(hit, 1.0 / ranks, 0.0).mean())
+        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
+    return out
+
+
+def sample_negatives(rng: np.random.Generator, n_items: int, seen: np.ndarray, n: int) -> np.ndarray:
+    """Return ``n`` distinct items in 1..n_items drawn uniformly among those not in ``seen``."""
+    seen = np.unique(seen[seen > 0])
+    if n_items - len(seen) < n:
+        raise ValueError(f"cannot sample {n} negatives: only {n_items - len(seen)} items are unseen")
+    picked = np.zeros(0, dtype=np.int64)
+    while len(picked) < n:
+        draw = rng.integers(1, n_items + 1, size=2 * n + len(seen))
+        draw = draw[~np.isin(draw, seen) & ~np.isin(draw, picked)]
+        _, first = np.unique(draw, return_index=True)
+        picked = np.concatenate([picked, draw[np.sort(first)]])
+    return picked[:n]
+
+
+@dataclass
+class TargetRanker:
+    """Ranks targets under the configured candidate set, tie rule and seen-item exclusion."""
+
+    ties: str
+    exclude_seen: bool
+    candidates: str
+    n_negatives: int
+    rng: np.random.Generator
+    repeats_excluded: int = 0
+
+    def rank(self, scores: np.ndarray, targets: np.ndarray, prefix: np.ndarray, sequence: np.ndarray) -> np.ndarray:
+        """Return ranks (R,) of targets (R,) from scores (R, V + 1), prefixes (R, P) and sequences (R, L)."""
+        if self.candidates == "sampled":
+            return self.rank_sampled(scores, targets, sequence)
+        if self.exclude_seen:
+            scores = np.array(as_scores(scores), copy=True)  # never modify the model's array
+            np.put_along_axis(scores, prefix, -np.inf, axis=1)  # padding 0 hits column 0 only
+            self.repeats_excluded += int((prefix == targets[:, None]).any(1).sum())
+        return ranks_from_scores(scores, targets, self.ties)
+
+    def rank_sampled(self, scores: np.ndarray, targets: np.ndarray, sequence: np.ndarray) -> np.ndarray:
+        """Return ranks (R,) of targets among [target, n_negatives unseen random items]."""
+        scores = as_scores(scores)  # (R, V + 1)
+        check_no_nan(scores)
+        n_items = scores.shape[1] - 1
+        negs = np.stack([sample_negatives(self.rng, n_items, seq, self.n_negatives) for seq in sequence])  # (R, N)
+        cand = np.concatenate([targets[:, None], negs], 1)  # (R, 1 + N)
+        cand_scores = np.take_along_axis(scores, cand, 1)  # (R, 1 + N)
+        return rank_against(cand_scores[:, 0], cand_scores, self.ties)
+
+
+RECORD_FIELDS = ("ranks", "items", "events", "prefix_lengths", "session_lengths")
+
+
+@dataclass
+class TargetRecords:
+    """Per-target results collected over batches: rank, target item, its global event index, lengths."""
+
+    chunks: dict[str, list[np.ndarray]] = field(default_factory=lambda: {name: [] for name in RECORD_FIELDS})
+
+    def add(self, **columns: np.ndarray) -> None:
+        """Append one chunk of targets (one array per field of ``RECORD_FIELDS``)."""
+        assert set(columns) == set(RECORD_FIELDS), f"record fields {sorted(columns)}"
+        for name, values in columns.items():
+            self.chunks[name].append(np.asarray(values))
+
+    def column(self, name: str) -> np.ndarray:
+        """Return one field over all chunks as a single array."""
+        return np.concatenate(self.chunks[name]) if self.chunks[name] else np.zeros(0)
+
+
+def check_scores(scores, n_rows: int, n_items: int, model_name: str) -> np.ndarray:
+    """Return scores as numpy; raise if their shape is not (n_rows, n_items + 1)."""
+    scores = as_scores(scores)
+    if scores.shape != (n_rows, n_items + 1):
+        raise ValueError(f"{model_name} returned scores of shape {scores.shape}, expected {(n_rows, n_items + 1)}")
+    return scores
+
+
+def batch_sessions(data: SessionDataset, batch_size: int) -> list[np.ndarray]:
+    """Return batches of indices of sessions with a target (length >= 2), longest first."""
+    idx = np.flatnonzero(data.lengths >= 2)
+    idx = idx[np.argsort(-data.lengths[idx], kind="stable")]
+    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+
+
+def rank_all_targets(
+    model: Recommender, data: SessionDataset, idx: np.ndarray, ranker: TargetRanker, out: TargetRecords
+) -> None:
+    """Rank every event after the first of sessions ``idx`` given its prefix (GRU4Rec protocol)."""
+    items, lens = data.padded(idx)  # (B, L), (B,)
+    inputs, in_lens = items[:, :-1], lens - 1  # (B, L - 1): the last event is never an input
+    steps = 0
+    with closing(model.score_steps(inputs, in_lens)) as score_iter:  # closed even on an error
+        for t, scores in enumerate(score_iter):  # scores: (B, V + 1)
+            steps, rows = t + 1, np.flatnonzero(in_lens > t)
+            scores = check_scores(scores, len(idx), data.vocab.size, model.name)
+            scores = scores if len(rows) == len(scores) else scores[rows]  # (R, V + 1)
+            targets = items[rows, t + 1]  # (R,)
+            ranks = ranker.rank(scores, targets, inputs[rows, : t + 1], items[rows])
+            out.add(ranks=ranks, items=targets, events=data.offsets[idx[rows]] + t + 1,
+                    prefix_lengths=np.full(len(rows), t + 1), session_lengths=lens[rows])
+    if steps != inputs.shape[1]:
+        raise ValueError(f"{model.name}.score_steps yielded {steps} steps for inputs of {inputs.shape[1]}")
+
+
+def rank_last_targets(
+    model: Recommender, data: SessionDataset, idx: np.ndarray, ranker: TargetRanker, out: TargetRecords
+) -> None:
+    """Rank the last item of each sequence ``idx`` given everything before it (leave-one-out)."""
+    items, lens = data.padded(idx)  # (B, L), (B,)
+    rows = np.arange(len(idx))
+    targets = items[rows, lens - 1]  # (B,)
+    inputs = items.copy()
+    inputs[rows, lens - 1] = 0
+    inputs = inputs[:, : int(lens.max()) - 1]  # (B, L - 1)
+    scores = check_scores(model.score_last(inputs, lens - 1), len(idx), data.vocab.size, model.name)  # (B, V + 1)
+    out.add(ranks=ranker.rank(scores, targets, inputs, items), items=targets, events=data.offsets[idx] + lens - 1,
+            prefix_lengths=lens - 1, session_lengths=lens)
+
+
+def label_prefix_lengths(prefix_lengths: np.ndarray) -> np.ndarray:
+    """Return bucket labels ('1', '2', '3-4', '5-9', '10-19', '20+') for prefix lengths."""
+    names = [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(PREFIX_EDGES, PREFIX_EDGES[1:])]
+    names.append(f"{PREFIX_EDGES[-1]}+")
+    return np.array(names)[np.searchsorted(PREFIX_EDGES, prefix_lengths, side="right") - 1]
+
+
+def label_popularity(train_support: np.ndarray, target_items: np.ndarray) -> np.ndarray:
+    """Return 'head' / 'tail' / 'unseen' for target items by training support (see module doc)."""
+    support = np.asarray(train_support)[1:]
+    ranked = np.sort(support)[::-1]
+    threshold = max(ranked[max(int(np.ceil(HEAD_SHARE * len(support))) - 1, 0)], 1)
+    s = np.asarray(train_support)[target_items]
+    return np.where(s == 0, "unseen", np.where(s >= threshold, "head", "tail"))
+
+
+def summarise_groups(ranks: np.ndarray, labels: np.ndarray, cutoffs) -> dict[str, dict[str, float]]:
+    """Return, per label, the number of targets and the metrics over its targets."""
+    labels = labels.astype(str)
+    return {
+        str(label): {"n_targets": int((labels == label).sum()), **metrics_from_ranks(ranks[labels == label], cutoffs)}
+        for label in np.unique(labels)
+    }
+
+
+def build_breakdowns(records: TargetRecords, data: SessionDataset, cutoffs, train_support: np.ndarray | None) -> dict:
+    """Return metrics by action type, session length, prefix length and target popularity."""
+    ranks = records.column("ranks")
+    labels = {
+        "session_length": np.where(records.column("session_lengths") < 3, "<3", ">=3"),
+        "prefix_length": label_prefix_lengths(records.column("prefix_lengths")),
+    }
+    if data.actions is not None:
+        labels["action"] = np.asarray(data.actions)[records.column("events").astype(np.int64)]
+    if train_support is not None:
+        if len(train_support) != data.vocab.size + 1:
+            n = data.vocab.size + 1
+            raise ValueError(f"train_support has {len(train_support)} entries, the catalogue needs {n}")
+        labels["popularity"] = label_popularity(train_support, records.column("items").astype(np.int64))
+    return {name: summarise_groups(ranks, lab, cutoffs) for name, lab in labels.items()}
+
+
+def describe_protocol(
+    cfg: EvaluationConfig, targets: str, exclude_seen: bool, data: SessionDataset, ranker: TargetRanker
+) -> dict:
+    """Return the protocol record written into every evaluation result."""
+    target_text = {"all": "every event after the first (GRU4Rec)", "last": "last item of each sequence (leave-one-out)"}
+    if cfg.candidates == "sampled":
+        cand_text = f"SAMPLED ({cfg.n_negatives} negatives) - not comparable with full ranking"
+    else:
+        cand_text = f"full ranking over {data.vocab.size} items"
+    return {
+        "protocol": f"{cand_text}; targets: {target_text[targets]}",
+        "targets": targets,
+        "candidates": cfg.candidates,
+        "n_negatives": cfg.n_negatives if cfg.candidates == "sampled" else None,
+        "seed": cfg.seed,
+        "ties": cfg.ties,
+        "cutoffs": list(cfg.cutoffs),
+        "catalogue_size": data.vocab.size,
+        "exclude_seen": exclude_seen,
+        "repeat_targets_excluded": ranker.repeats_excluded,
+        "sessions": data.n_sessions,
+        "sessions_without_target": int((data.lengths < 2).sum()),
+    }
+
+
+def evaluate_model(
+    model: Recommender,
+    data: SessionDataset,
+    cfg: EvaluationConfig,
+    *,
+    targets: Literal["all", "last"] | None = None,
+    train_support: np.ndarray | None = None,
+    exclude_seen: bool | None = None,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Return metrics, breakdowns and protocol of ``model`` on ``data`` (``None`` = from ``cfg``)."""
+    targets = targets or TARGETS_BY_PROTOCOL[cfg.protocol]
+    if targets not in ("all", "last"):
+        raise ValueError(f"targets={targets!r} is not 'all' or 'last'")
+    exclude = cfg.exclude_seen if exclude_seen is None else exclude_seen
+    ranker = TargetRanker(cfg.ties, exclude, cfg.candidates, cfg.n_negatives, np.random.default_rng(cfg.seed))
+    rank_batch = rank_all_targets if targets == "all" else rank_last_targets
+    records = TargetRecords()
+    with torch.no_grad():
+        for idx in tqdm(batch_sessions(data, cfg.batch_size), desc=f"evaluate {model.name}", disable=not progress):
+            try:
+                rank_batch(model, data, idx, ranker, records)
+            except ValueError as err:  # add which model and which sessions, then re-raise
+                keys = data.session_keys[idx[:3]].tolist()
+                raise ValueError(f"evaluate {model.name} on sessions {keys}...: {err}") from err
+    if not records.chunks["ranks"]:
+        raise ValueError(f"evaluate {model.name}: none of the {data.n_sessions} sequences has 2 or more events")
+    ranks = records.column("ranks")
+    return EvaluationResult(
+        metrics_from_ranks(ranks, cfg.cutoffs),
+        len(ranks),
+        build_breakdowns(records, data, cfg.cutoffs, train_support),
+        describe_protocol(cfg, targets, exclude, data, ranker),
+    )

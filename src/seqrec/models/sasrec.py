@@ -1,0 +1,349 @@
+"""SASRec: self-attentive sequential recommendation (Kang & McAuley 2018).
+
+A stack of causal self-attention blocks over item + learnable position embeddings; the
+output at position t scores the item that follows ``items[: t + 1]``. Defaults follow
+SASRec+ (Klenitskiy & Vasilev 2023): full cross-entropy over the catalogue, which beats
+the paper's one-negative BCE under full ranking. ``sampled-softmax`` (shared negatives,
+logQ-corrected) is for catalogues too large for a full softmax; ``bce`` only reproduces
+the paper.
+
+Layout and positions. The network accepts padding anywhere: pad keys are masked out and a
+position's index counts the real items before it (0 = first real item), so left padding
+(``score_last``: the last column is the prediction point) and right padding (the
+``Recommender`` contract, used by ``score_steps``) give the same outputs for real positions.
+Training windows are left-padded, width ``max_len + 1``; a longer sequence gives its last
+window only (``long_sequences="last"``, as the paper) or windows overlapping by one item so
+that every transition is trained once (``"slide"``). Scoring sees the last ``max_len`` items.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqrec.config import EvaluationConfig, SasRecConfig, TrainingConfig, config_to_dict
+from seqrec.models.base import Recommender
+from seqrec.sequences import PAD, ItemVocab, SessionDataset
+from seqrec.training import (
+    TrainingHistory,
+    autocast_for,
+    configure_threads,
+    fit_epochs,
+    resolve_device,
+    set_seed,
+    warm_start_embedding,
+)
+
+
+# --------------------------------------------------------------------------- network
+def attention_mask(seq: torch.Tensor) -> torch.Tensor:
+    """Return the boolean mask (B, 1, L, L): query i may attend key j <= i that is a real item."""
+    L = seq.shape[1]
+    real = seq != PAD  # (B, L)
+    causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()  # (L, L)
+    # Every position also sees itself, so a pad query never has an empty (NaN) softmax row.
+    keys = real[:, None, :] | torch.eye(L, dtype=torch.bool, device=seq.device)  # (B, L, L)
+    return (causal & keys).unsqueeze(1)  # (B, 1, L, L)
+
+
+def item_positions(seq: torch.Tensor) -> torch.Tensor:
+    """Return each position's index among the real items of its row, 0 for leading pads (B, L)."""
+    return ((seq != PAD).long().cumsum(1) - 1).clamp(min=0)  # (B, L)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: SasRecConfig):
+        super().__init__()
+        self.heads, self.dropout = cfg.heads, cfg.dropout
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, L, D)
+        q, k, v = (t.view(B, L, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, L, Dh)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SasRecConfig):
+        super().__init__()
+        self.pre = cfg.norm == "pre"
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.attn = CausalSelfAttention(cfg)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn, cfg.dim))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pre:
+            x = x + self.drop(self.attn(self.ln1(x), mask))  # (B, L, D)
+            return x + self.drop(self.ffn(self.ln2(x)))
+        x = self.ln1(x + self.drop(self.attn(x, mask)))  # (B, L, D)
+        return self.ln2(x + self.drop(self.ffn(x)))
+
+
+class SasRecNet(nn.Module):
+    """Item and position embeddings, causal blocks, and the item output matrix."""
+
+    def __init__(self, n_items: int, cfg: SasRecConfig):
+        super().__init__()
+        self.item_emb = nn.Embedding(n_items + 1, cfg.dim, padding_idx=PAD)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.blocks))
+        self.ln_f = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
+        self.out = None if cfg.tied else nn.Parameter(torch.empty(n_items + 1, cfg.dim))
+        self.apply(init_weights)
+        if self.out is not None:
+            nn.init.normal_(self.out, std=0.02)
+
+    def output_weight(self) -> torch.Tensor:
+        """Return the item output matrix (V + 1, D): the input embeddings when tied."""
+        return self.item_emb.weight if self.out is None else self.out
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """Return hidden states (B, L, D) for item sequences (B, L) padded with 0 anywhere."""
+        assert seq.shape[1] <= self.pos_emb.num_embeddings, f"sequence length {seq.shape[1]} > max_len"
+        real = (seq != PAD).unsqueeze(-1)  # (B, L, 1)
+        x = self.drop(self.item_emb(seq) + self.pos_emb(item_positions(seq))) * real  # (B, L, D)
+        mask = attention_mask(seq)  # (B, 1, L, L)
+        for block in self.blocks:
+            x = block(x, mask)  # (B, L, D)
+        return self.ln_f(x)  # (B, L, D)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Initialise linear and embedding weights N(0, 0.02) and biases 0 (GPT-2 style)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+# --------------------------------------------------------------------------- losses
+def full_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Return the mean softmax cross-entropy over every real item (padding column excluded)."""
+    logits = (hidden @ weight.T).float()  # (N, V + 1)
+    logits[:, PAD] = float("-inf")
+    return F.cross_entropy(logits, targets)
+
+
+def sampled_softmax_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, log_q: torch.Tensor
+) -> torch.Tensor:
+    """Return the mean logQ-corrected softmax loss of each target against shared negatives."""
+    pos = (hidden * weight[targets]).sum(-1).float() - log_q[targets]  # (N,)
+    neg = (hidden @ weight[negatives].T).float() - log_q[negatives]  # (N, K)
+    neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))  # accidental hits
+    logits = torch.cat([pos[:, None], neg], dim=1)  # (N, 1 + K)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def bce_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Return the mean binary cross-entropy of each target against its own single negative."""
+    pos = (hidden * weight[targets]).sum(-1).float()  # (N,)
+    neg = (hidden * weight[negatives]).sum(-1).float()  # (N,)
+    return -(F.logsigmoid(pos) + F.logsigmoid(-neg)).mean()
+
+
+# --------------------------------------------------------------------------- data
+def build_training_windows(data: SessionDataset, width: int, mode: str = "last") -> np.ndarray:
+    """Return left-padded training windows (N, width) int64 of every session with >= 2 items."""
+    starts, ends = data.offsets[:-1], data.offsets[1:]
+    keep = ends - starts >= 2
+    starts, ends = starts[keep], ends[keep]
+    if mode == "slide":  # windows overlap by one item: each transition is in exactly one window
+        n_win = -(-(ends - starts - 1) // (width - 1))  # ceil
+        owner = np.repeat(np.arange(len(ends)), n_win)
+        step = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)
+        starts, ends = starts[owner], ends[owner] - step * (width - 1)
+    elif mode != "last":
+        raise ValueError(f"long_sequences={mode!r}: expected 'last' or 'slide'")
+    starts = np.maximum(starts, ends - width)
+    lens = ends - starts
+    rows = np.repeat(np.arange(len(lens)), lens)
+    within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    out = np.zeros((len(lens), width), dtype=np.int64)
+    out[rows, width - lens[rows] + within] = data.items[np.repeat(starts, lens) + within]
+    return out
+
+
+def right_align(items: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Return the last ``width`` items of each left-aligned row, left-padded (B, width)."""
+    src = lengths[:, None] - width + torch.arange(width, device=items.device)[None, :]  # (B, W)
+    return items.gather(1, src.clamp(min=0)) * (src >= 0)  # (B, W)
+
+
+class WindowBatches:
+    """One epoch of training windows in a seeded order: (B, max_len + 1) tensors."""
+
+    def __init__(self, windows: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device):
+        self.windows, self.order, self.batch_size, self.device = windows, order, batch_size, device
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for i in range(0, len(self.order), self.batch_size):
+            seq = torch.as_tensor(self.windows[self.order[i : i + self.batch_size]], device=self.device)  # (B, L + 1)
+            yield seq[:, int((seq != PAD).any(0).long().argmax()) :]  # all-pad columns off: positions are relative
+
+
+# --------------------------------------------------------------------------- model
+class SASRec(Recommender):
+    """SASRec behind the ``Recommender`` interface, built from its config sections."""
+
+    name = "sasrec"
+
+    def __init__(self, cfg: SasRecConfig, training: TrainingConfig = TrainingConfig(), eval_cfg: EvaluationConfig | None = None,
+                 *, checkpoint_path: Path | str | None = None, device: torch.device | None = None):
+        self.cfg, self.training, self.eval_cfg = cfg, training, eval_cfg
+        self.checkpoint_path = checkpoint_path
+        self.device = device or resolve_device(training)
+        self.vocab: ItemVocab | None = None
+        self.net: SasRecNet | None = None
+        self.history: TrainingHistory | None = None
+        self.log_q: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- training
+    def build_net(self, vocab: ItemVocab) -> SasRecNet:
+        """Return the network for ``vocab``, creating it (seeded) on first use."""
+        if self.net is not None:
+            if not np.array_equal(self.vocab.ids, vocab.ids):
+                raise ValueError(f"SASRec was built for {self.vocab.size} items; got a vocabulary of {vocab.size} other items")
+            return self.net
+        set_seed(self.training.seed)
+        self.vocab, self.net = vocab, SasRecNet(vocab.size, self.cfg).to(self.device)
+        return self.net
+
+    def init_item_embeddings(self, matrix: np.ndarray, vocab: ItemVocab | None = None) -> int:
+        """Warm-start item vectors from ``matrix`` (n_items + 1, d), rows by dense index; return rows set."""
+        if vocab is None and self.vocab is None:
+            raise ValueError("SASRec.init_item_embeddings: pass the vocabulary the matrix rows follow (not fitted yet)")
+        net = self.build_net(vocab if vocab is not None else self.vocab)
+        return warm_start_embedding(net.item_emb.weight, matrix, mode=self.cfg.init_projection)
+
+    def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "SASRec":
+        """Train on every next-item transition of ``train`` (early stopping on ``valid``); return self."""
+        configure_threads(self.training)
+        net, c = self.build_net(train.vocab), self.cfg
+        windows = build_training_windows(train, c.max_len + 1, c.long_sequences)  # (N, max_len + 1)
+        if not len(windows):
+            raise ValueError(f"SASRec.fit: none of the {train.n_sessions} training sessions has 2 or more items")
+        self.log_q = self.negative_log_probs(train).to(self.device)  # (V + 1,)
+
+        def make_batches(epoch: int) -> WindowBatches:
+            order = np.random.default_rng((self.training.seed, epoch)).permutation(len(windows))
+            return WindowBatches(windows, order, c.batch_size, self.device)
+
+        self.history = fit_epochs(
+            net, torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay), make_batches,
+            self.train_step, self.training, c.epochs, validate=self.make_validate(valid),
+            checkpoint_path=self.checkpoint_path,
+            extra_state={"config": {**config_to_dict(c), "seed": self.training.seed}, "vocab": [str(i) for i in self.vocab.ids]})
+        net.eval()
+        return self
+
+    def make_validate(self, valid: SessionDataset | None):
+        """Return a callable giving ``training.valid_metric`` on ``valid``, or None without it."""
+        if valid is None:
+            return None
+        from seqrec.evaluation import evaluate_model  # lazy: evaluation is not needed to score
+
+        if not np.array_equal(valid.vocab.ids, self.vocab.ids):
+            raise ValueError("SASRec.fit: valid is encoded with another item vocabulary than train")
+        cfg = self.eval_cfg or EvaluationConfig()
+        return lambda: evaluate_model(self, valid, cfg).metrics[self.training.valid_metric]
+
+    def negative_log_probs(self, train: SessionDataset) -> torch.Tensor:
+        """Return log sampling probabilities of negatives (V + 1,), -inf for padding and unsampled items."""
+        counts = torch.as_tensor(train.item_support(), dtype=torch.float64)  # (V + 1,)
+        if self.cfg.negatives == "uniform":
+            counts = torch.ones_like(counts)
+        counts[PAD] = 0
+        return (counts / counts.sum()).log().float()
+
+    def train_step(self, seq: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Return the mean configured loss of one batch of windows (B, L + 1) and its number of targets."""
+        inputs, targets = seq[:, :-1], seq[:, 1:]  # (B, L) each
+        hidden = self.net(inputs)  # (B, L, D)
+        keep = (inputs != PAD) & (targets != PAD)  # (B, L): pads never produce loss
+        h, y, w = hidden[keep], targets[keep], self.net.output_weight()  # (N, D), (N,), (V + 1, D)
+        if self.cfg.loss == "cross-entropy":
+            loss = full_cross_entropy(h, w, y)
+        elif self.cfg.loss == "bce":
+            loss = bce_loss(h, w, y, torch.randint(1, w.shape[0], y.shape, device=y.device))  # (N,) uniform
+        else:
+            negatives = torch.multinomial(self.log_q.exp(), self.cfg.n_negatives, replacement=True)  # (K,)
+            loss = sampled_softmax_loss(h, w, y, negatives, self.log_q)
+        return loss, len(y)
+
+    # ----------------------------------------------------------------- scoring
+    @torch.no_grad()
+    def score_hidden(self, seq: torch.Tensor) -> torch.Tensor:
+        """Return hidden states (B, L, D) as float32, in eval mode (autocast on CUDA)."""
+        if self.net is None:
+            raise RuntimeError("SASRec is not fitted: call fit() or SASRec.from_state_dict() first")
+        self.net.eval()
+        with autocast_for(self.training, self.device):
+            return self.net(seq.to(self.device)).float()
+
+    @torch.no_grad()
+    def scores_from_hidden(self, hidden: torch.Tensor) -> np.ndarray:
+        """Return item scores (B, V + 1) float32 for hidden states (B, D)."""
+        return (hidden @ self.net.output_weight().float().T).cpu().numpy()
+
+    def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Return next-item scores (B, V + 1) after each row's prefix, in one forward pass."""
+        items, lengths = torch.as_tensor(items), torch.as_tensor(lengths)  # (B, L), (B,)
+        if len(lengths) and int(lengths.min()) < 1:
+            raise ValueError(f"SASRec.score_last: a row has length {int(lengths.min())}; every row needs >= 1 item")
+        seq = right_align(items, lengths, min(items.shape[1], self.cfg.max_len))  # (B, W) left-padded
+        return self.scores_from_hidden(self.score_hidden(seq)[:, -1])  # (B, V + 1)
+
+    def score_steps(self, items: np.ndarray, lengths: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield next-item scores (B, V + 1) after each position: one forward for the first max_len."""
+        items, M = torch.as_tensor(items), self.cfg.max_len  # (B, L)
+        hidden = self.score_hidden(items[:, :M])  # (B, min(L, M), D): causal, so every prefix at once
+        for t in range(hidden.shape[1]):
+            yield self.scores_from_hidden(hidden[:, t])
+        for t in range(M, items.shape[1]):  # beyond max_len each step sees its own last-M window
+            yield self.scores_from_hidden(self.score_hidden(items[:, t - M + 1 : t + 1])[:, -1])
+
+    # ----------------------------------------------------------------- persistence
+    def state_dict(self) -> dict:
+        """Return configs, vocabulary (list[str]) and CPU weights: loadable with ``weights_only=True``."""
+        if self.net is None:
+            raise RuntimeError("SASRec.state_dict called before fit")
+        return {
+            "name": self.name,
+            "config": config_to_dict(self.cfg),
+            "training": config_to_dict(self.training),
+            "evaluation": config_to_dict(self.eval_cfg) if self.eval_cfg else None,
+            "vocab": [str(i) for i in self.vocab.ids],
+            "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "history": self.history.to_dict() if self.history else None,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device | None = None) -> "SASRec":
+        """Return a fitted SASRec from ``state_dict()``, on ``device`` (default: CUDA when present, else CPU)."""
+        if state.get("name") != cls.name:
+            raise ValueError(f"state is for model {state.get('name')!r}, not {cls.name!r}")
+        ev = EvaluationConfig.model_validate(state["evaluation"]) if state.get("evaluation") else None
+        training = TrainingConfig.model_validate(state["training"])
+        device = device or resolve_device(training.model_copy(update={"device": "auto"}))  # trained on GPU, served anywhere
+        model = cls(SasRecConfig.model_validate(state["config"]), training, ev, device=device)
+        model.vocab = ItemVocab(np.array(state["vocab"], dtype=object))
+        model.net = SasRecNet(model.vocab.size, model.cfg).to(device)
+        model.net.load_state_dict(state["net"])
+        model.net.eval()
+        model.history = TrainingHistory.from_dict(state["history"]) if state.get("history") else None
+        return model

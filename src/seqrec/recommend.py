@@ -1,0 +1,247 @@
+"""Batched top-k recommendation for any ``Recommender``, and saving/loading model files.
+
+Input sessions hold original item ids (strings, or anything that ``str()`` maps onto the
+vocabulary's ids). Ids unknown to the model's vocabulary are ignored and counted; a session
+left with no known item gets an empty recommendation list and is counted too (models need
+at least one item). Both counts are attributes of the returned ``Recommendations`` list and
+are logged as a warning when non-zero.
+
+The hot path is array code: sessions are encoded once, scored ``batch_size`` rows at a time
+with ``model.score_last`` (B, V + 1), and cut with one ``torch.topk`` per batch. Seen items
+are excluded without writing into the score matrix: take the top ``k + L + 1`` (L = the
+batch's width, + 1 for padding), drop banned candidates, keep the first ``k``.
+
+A model file is a ``weights_only`` torch checkpoint: ``model.state_dict()`` plus a
+``model_type`` key naming the class (``Recommender.name``). Classes are found in
+``MODEL_TYPES``, filled by ``register_model_type`` or discovered in ``MODEL_MODULES``.
+Models that keep no vocabulary of their own (the count baselines) get one passed to
+``recommend`` / ``save_model``; it is stored under ``vocab`` and set on the loaded model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pickle
+import re
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from seqrec.io import load_checkpoint, save_checkpoint
+from seqrec.models.base import Recommender
+from seqrec.sequences import PAD, ItemVocab
+
+log = logging.getLogger(__name__)
+
+MODEL_MODULES = ("seqrec.models.sasrec", "seqrec.models.gru4rec", "seqrec.models.baselines", "seqrec.models.bprmf")
+MODEL_TYPES: dict[str, type[Recommender]] = {}
+_VOCAB_INDEX: dict[int, tuple[np.ndarray, pd.Index]] = {}  # id(vocab.ids) -> (ids, hashed index)
+
+
+class Recommendations(list):
+    """Top-k original ids per session (a list of lists), with the input problems counted."""
+
+    def __init__(self, rows: list[list[str]], unknown_items: int = 0, empty_sessions: int = 0):
+        super().__init__(rows)
+        self.unknown_items = unknown_items  # input item ids not in the model's vocabulary
+        self.empty_sessions = empty_sessions  # sessions with no known item: empty list returned
+
+
+@dataclass(frozen=True)
+class EncodedSessions:
+    """Sessions in model space: items (B, L) left-aligned, 0-padded; lengths (B,); unknown ids dropped."""
+
+    items: np.ndarray
+    lengths: np.ndarray
+    unknown_items: int
+
+
+# --------------------------------------------------------------------------- registry
+def register_model_type(name: str, cls: type[Recommender]) -> None:
+    """Register ``cls`` as the class that loads checkpoints whose ``model_type`` is ``name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Recommender)):
+        raise TypeError(f"register_model_type({name!r}): {cls!r} is not a Recommender subclass")
+    MODEL_TYPES[name] = cls
+
+
+def discover_model_types() -> None:
+    """Register every Recommender subclass (by its ``name``) of the model modules that exist."""
+    for module_name in MODEL_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:  # that model file is not written yet
+                continue
+            raise
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Recommender) and obj.__module__ == module_name:
+                MODEL_TYPES.setdefault(obj.name, obj)
+
+
+def resolve_model_class(model_type: str) -> type[Recommender]:
+    """Return the class registered (or discovered) for ``model_type``."""
+    if model_type not in MODEL_TYPES:
+        discover_model_types()
+    if model_type not in MODEL_TYPES:
+        raise KeyError(f"unknown model_type {model_type!r}; known: {sorted(MODEL_TYPES)}")
+    return MODEL_TYPES[model_type]
+
+
+def save_model(model: Recommender, path: Path | str, vocab: ItemVocab | None = None) -> Path:
+    """Write ``model.state_dict()``, its ``model_type`` and vocabulary as a weights-only checkpoint; return the path."""
+    state = dict(model.state_dict())
+    model_type = state.setdefault("model_type", model.name)
+    state.setdefault("vocab", [str(i) for i in model_vocab(model, vocab).ids])
+    if resolve_model_class(model_type) is not type(model):
+        raise TypeError(f"save_model: model_type {model_type!r} loads as {MODEL_TYPES[model_type]}, not {type(model)}")
+    return save_checkpoint(state, path)
+
+
+def load_model(path: Path | str) -> Recommender:
+    """Return the model saved at ``path``, refusing anything that is not a weights-only checkpoint."""
+    try:
+        state = load_checkpoint(path)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} is not a weights-only seqrec model file (refused to unpickle): {err}") from err
+    if not isinstance(state, dict) or "model_type" not in state:
+        raise ValueError(f"{path} holds no 'model_type' key; not a seqrec model file")
+    model = resolve_model_class(state["model_type"]).from_state_dict(state)
+    if getattr(model, "vocab", None) is None:  # a model that keeps no vocabulary itself
+        model.vocab = ItemVocab(np.array(state["vocab"], dtype=object))
+    return model
+
+
+# --------------------------------------------------------------------------- encoding
+def model_vocab(model: Recommender, vocab: ItemVocab | None = None) -> ItemVocab:
+    """Return ``vocab`` if given, else the fitted model's item vocabulary (``model.vocab``)."""
+    vocab = vocab if vocab is not None else getattr(model, "vocab", None)
+    if not isinstance(vocab, ItemVocab):
+        raise AttributeError(f"{type(model).__name__} has no fitted 'vocab' (ItemVocab): fit or load it, or pass vocab=")
+    return vocab
+
+
+def vocab_index(vocab: ItemVocab) -> pd.Index:
+    """Return a hashed index of the vocabulary's real ids, built once per vocabulary."""
+    cached = _VOCAB_INDEX.get(id(vocab.ids))
+    if cached is None or cached[0] is not vocab.ids:
+        if len(_VOCAB_INDEX) > 8:
+            _VOCAB_INDEX.clear()
+        cached = _VOCAB_INDEX[id(vocab.ids)] = (vocab.ids, pd.Index(vocab.ids[1:].astype(str)))
+    return cached[1]
+
+
+def encode_sessions(sessions: Sequence[Sequence[str]] | Sequence[np.ndarray], vocab: ItemVocab) -> EncodedSessions:
+    """Return sessions as dense left-aligned arrays, unknown ids removed and counted."""
+    sizes = np.fromiter(map(len, sessions), dtype=np.int64, count=len(sessions))
+    flat = np.array([str(i) for i in chain.from_iterable(sessions)], dtype=object)
+    codes = vocab_index(vocab).get_indexer(flat) + 1  # (N,), 0 = unknown
+    known = codes > PAD
+    rows = np.repeat(np.arange(len(sizes)), sizes)[known]
+    lengths = np.bincount(rows, minlength=len(sizes)).astype(np.int64)  # (B,)
+    cols = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    items = np.zeros((len(sizes), int(lengths.max(initial=0))), dtype=np.int64)  # (B, L)
+    items[rows, cols] = codes[known]
+    return EncodedSessions(items, lengths, int((~known).sum()))
+
+
+# --------------------------------------------------------------------------- top-k
+def top_k_unseen(scores: torch.Tensor, items: torch.Tensor, k: int, exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (indices (B, k) int64, scores (B, k)) of the best items, never padding; 0 / -inf where none is left."""
+    n = min(k + 1 + (items.shape[1] if exclude_seen else 0), scores.shape[1])
+    values, idx = torch.topk(scores, n, dim=1)  # (B, n)
+    banned = idx == PAD  # (B, n)
+    if exclude_seen:
+        banned |= (idx[:, :, None] == items[:, None, :]).any(-1)  # (B, n, L) -> (B, n)
+    order = torch.argsort(banned.to(torch.int8), dim=1, stable=True)[:, :k]  # allowed first, rank kept
+    banned = banned.gather(1, order)  # (B, k)
+    return idx.gather(1, order).masked_fill(banned, PAD), values.gather(1, order).masked_fill(banned, float("-inf"))
+
+
+def recommend_topk(
+    model: Recommender, items: np.ndarray, lengths: np.ndarray, k: int = 10, exclude_seen: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (dense indices (B, k) int64, scores (B, k) float32) for encoded sessions, all of length >= 1."""
+    scores = np.asarray(model.score_last(items, lengths), dtype=np.float32)  # (B, V + 1)
+    if scores.ndim != 2 or len(scores) != len(lengths):
+        raise ValueError(f"{type(model).__name__}.score_last returned {scores.shape} for {len(lengths)} sessions")
+    if not 0 < k < scores.shape[1]:
+        raise ValueError(f"k={k} must be between 1 and the catalogue size {scores.shape[1] - 1}")
+    if not scores.flags.writeable:  # torch refuses read-only views (e.g. broadcast popularity rows)
+        scores = scores.copy()
+    idx, values = top_k_unseen(torch.from_numpy(scores), torch.as_tensor(items), k, exclude_seen)
+    return idx.numpy(), values.numpy()
+
+
+def recommend_indices(model: Recommender, items: np.ndarray, lengths: np.ndarray, k: int = 10, exclude_seen: bool = True) -> np.ndarray:
+    """Return the top-k dense item indices (B, k) int64 (0 where fewer than k items are allowed)."""
+    return recommend_topk(model, items, lengths, k, exclude_seen)[0]
+
+
+def decode_rows(vocab: ItemVocab, indices: np.ndarray) -> list[list[str]]:
+    """Return original ids per row of dense indices (B, k), padding slots left out."""
+    rows = vocab.ids[indices].tolist()
+    for r in np.flatnonzero((indices == PAD).any(1)):  # only rows that ran out of allowed items
+        rows[r] = [str(i) for i in vocab.ids[indices[r][indices[r] != PAD]]]
+    return rows
+
+
+def recommend(
+    model: Recommender,
+    sessions: list[list[str]] | list[np.ndarray],
+    k: int = 10,
+    exclude_seen: bool = True,
+    batch_size: int = 1024,
+    vocab: ItemVocab | None = None,
+) -> Recommendations:
+    """Return the top-k original item ids for every session, in input order (``vocab``: default ``model.vocab``)."""
+    vocab = model_vocab(model, vocab)
+    enc = encode_sessions(sessions, vocab)
+    out = np.zeros((len(enc.lengths), k), dtype=np.int64)  # (B, k); empty sessions stay all padding
+    live = np.flatnonzero(enc.lengths > 0)
+    live = live[np.argsort(enc.lengths[live], kind="stable")]  # similar lengths per batch: less padding
+    for start in range(0, len(live), batch_size):
+        rows = live[start : start + batch_size]
+        width = int(enc.lengths[rows].max())
+        out[rows] = recommend_indices(model, enc.items[rows, :width], enc.lengths[rows], k, exclude_seen)
+    empty = len(enc.lengths) - len(live)
+    if enc.unknown_items or empty:
+        log.warning("recommend: ignored %d unknown item ids; %d sessions had no known item", enc.unknown_items, empty)
+    return Recommendations(decode_rows(vocab, out), enc.unknown_items, empty)
+
+
+# --------------------------------------------------------------------------- files
+def read_sessions_file(path: Path | str) -> list[list[str]]:
+    """Return the sessions of a text file: one per line, or a TSV with SessionId and ItemId columns.
+
+    Plain text: item ids separated by spaces and/or commas; a blank line is an empty
+    session (kept, so output lines match input lines). TSV (header line holding
+    ``SessionId`` and ``ItemId``, GRU4Rec's layout): sessions in order of first appearance,
+    items in file order, or by ``Time`` when that column exists (stable).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sessions file {path} does not exist")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t") if lines else []
+    if "SessionId" in header and "ItemId" in header:
+        return read_sessions_tsv(path)
+    return [[t for t in re.split(r"[,\s]+", line.strip()) if t] for line in lines]
+
+
+def read_sessions_tsv(path: Path) -> list[list[str]]:
+    """Return the sessions of a GRU4Rec-style TSV (SessionId, ItemId[, Time])."""
+    df = pd.read_csv(path, sep="\t", dtype={"SessionId": str, "ItemId": str})
+    for col in ("SessionId", "ItemId"):
+        if df[col].isna().any():
+            raise ValueError(f"sessions file {path}: column '{col}' has {int(df[col].isna().sum())} empty values")
+    order = pd.unique(df["SessionId"])  # first appearance in the file
+    if "Time" in df.columns:
+        df = df.sort_values("Time", kind="stable")
+    groups = df.groupby("SessionId", sort=False)["ItemId"].agg(list)
+    return [groups[s] for s in order]

@@ -1,0 +1,1 @@
+"""Report renderers: self-contained HTML pages and Markdown digests built from plain frames."""

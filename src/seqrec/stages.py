@@ -1,0 +1,246 @@
+"""Pipeline stages as plain functions: each reads its inputs from disk, writes its outputs
+under the run directory and returns a small JSON-able summary (paths, counts, fingerprints).
+
+The Prefect tasks in ``tasks/`` wrap these one to one (same names); the CLI calls them
+directly, so every stage works without Prefect.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from seqrec import columns as C
+from seqrec import io
+from seqrec.config import (
+    DataConfig,
+    EvaluationConfig,
+    GeneratorConfig,
+    SeqrecConfig,
+    SessionConfig,
+    config_to_dict,
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+def resolve_data_root(cfg: SeqrecConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Return the raw data root: ``data.root``, or generated data under the run directory."""
+    if cfg.data.root is not None:
+        root = Path(cfg.data.root).resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.root={root} is not a directory")
+        return {"root": str(root), "generated": False}
+    root = (cfg.output.run_dir / "data").resolve()
+    return {"root": str(root), "generated": True, **generate_data(root, cfg.generator, progress)}
+
+
+def generate_data(root: Path, gen: GeneratorConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Generate T-ECD data into ``root`` unless the same generator config already wrote it."""
+    from seqrec.generate import generate_tecd
+
+    stamp = Path(root) / "_generator" / "config.json"
+    wanted = config_to_dict(gen)
+    if stamp.is_file() and io.read_json(stamp) == wanted:
+        return {"reused": True, "summary": io.read_json(Path(root) / "_generator" / "summary.json")}
+    summary = generate_tecd(Path(root), gen, progress)
+    io.write_json(wanted, stamp)
+    return {"reused": False, "summary": summary}
+
+
+def day_of(timestamps: pd.Series) -> np.ndarray:
+    """Return the day number of microsecond timestamps since day 0."""
+    return (timestamps.to_numpy(np.int64) // C.MICROS_PER_DAY).astype(np.int64)
+
+
+def raw_day_fingerprints(partitions: list[dict[str, Any]], root: Path) -> dict[int, str]:
+    """Return, per day, a fingerprint of the raw files of that day (all domains)."""
+    by_day: dict[int, list[Path]] = {}
+    for p in partitions:
+        by_day.setdefault(int(p["day"]), []).append(Path(root) / p["file"])
+    return {day: io.fingerprint_files(files) for day, files in sorted(by_day.items())}
+
+
+def ingest_events(root: str, data: DataConfig, out_dir: str, client=None) -> dict[str, Any]:
+    """Load the raw event partitions (Dask) and write one canonical parquet file per day."""
+    from seqrec.reader import load_events
+
+    start = time.perf_counter()
+    result = load_events(Path(root), data, client=client)
+    events = result.events
+    prints = raw_day_fingerprints([p for p in result.partitions if p["status"] == "ok"], Path(root))
+    days = day_of(events[C.TIMESTAMP])
+    written = []
+    for day, fp in prints.items():
+        part = events[days == day]
+        path = Path(out_dir) / "events" / f"{day:05d}.parquet"
+        io.write_table(part, path)
+        written.append({"day": day, "path": str(path), "rows": len(part), "fingerprint": io.fingerprint_obj([fp, config_to_dict(data)])})
+    return {
+        "days": written,
+        "rows": len(events),
+        "partitions": result.partitions,
+        "skipped": result.skipped,
+        "missing_days": result.missing_days,
+        "fingerprint": io.fingerprint_obj([d["fingerprint"] for d in written]),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def sessionize_events(day_paths: list[str], cfg: SessionConfig, out_dir: str) -> dict[str, Any]:
+    """Sessionize cleaned day partitions in day order; write sessions and removed rows."""
+    from seqrec.sessions import sessionize_partitions
+
+    parts = [io.read_table(p) for p in sorted(day_paths)]
+    result = sessionize_partitions(parts, cfg)
+    path = io.write_table(result.events, Path(out_dir) / "sessions.parquet")
+    removed = io.write_table(result.removed, Path(out_dir) / "sessions_removed.parquet")
+    return {"sessions": str(path), "removed": str(removed), "report": result.report}
+
+
+def split_sessions(sessions_path: str, cfg: EvaluationConfig, out_dir: str) -> dict[str, Any]:
+    """Split sessionized events by the configured protocol and save the four data sets."""
+    from seqrec.splits import split_by_time, split_leave_one_out
+
+    events = io.read_table(sessions_path)
+    split = split_by_time(events, cfg.test_days, cfg.valid_days) if cfg.protocol == "session" else split_leave_one_out(events)
+    return save_split(split, out_dir)
+
+
+def save_split(split, out_dir: str) -> dict[str, Any]:
+    """Write a Split's data sets (.npz), dropped events and report; return their paths."""
+    out = Path(out_dir)
+    paths = {part: str(io.save_sessions(getattr(split, part), out / f"{part}.npz")) for part in ("train", "valid", "train_full", "test")}
+    io.write_table(split.dropped.astype({C.SESSION: str, C.ITEM: str}), out / "dropped.parquet")
+    io.write_json(split.report, out / "report.json")
+    return {"protocol": split.protocol, "paths": paths, "report": split.report, "split_dir": str(out)}
+
+
+def train_model(name: str, split_dir: str, cfg: SeqrecConfig, out_dir: str, embeddings_path: str | None = None) -> dict[str, Any]:
+    """Train model ``name`` on the split's train part (early stopping on valid); save it."""
+    from seqrec.models.factory import NEURAL, build_model
+    from seqrec.recommend import save_model
+
+    out = Path(out_dir)
+    train = io.load_sessions(Path(split_dir) / "train.npz")
+    valid = io.load_sessions(Path(split_dir) / "valid.npz") if name in NEURAL else None
+    model = build_model(name, cfg, checkpoint_path=out / f"{name}.ckpt")
+    if embeddings_path and name in NEURAL:
+        warm_start(model, embeddings_path, train)
+    start = time.perf_counter()
+    model.fit(train, valid if valid is not None and valid.n_sessions else None)
+    seconds = time.perf_counter() - start
+    path = save_model(model, out / f"{name}.pt")
+    history = history_of(model)
+    io.write_json(history, out / f"{name}.history.json")
+    return {"model": name, "path": str(path), "train_seconds": round(seconds, 2), "train_events": train.n_events,
+            "events_per_second": round(train.n_events * max(1, len(history.get("loss", [1]))) / max(seconds, 1e-9), 1),
+            "history": history}
+
+
+def warm_start(model, embeddings_path: str, train) -> None:
+    """Initialise a neural model's item embeddings from saved InfoNCE vectors, aligned to the vocab."""
+    from seqrec.embeddings import ItemEmbeddings
+
+    emb = ItemEmbeddings.load(embeddings_path)
+    aligned = np.zeros((train.vocab.size + 1, emb.vectors.shape[1]), dtype=np.float32)
+    idx = emb.vocab.encode(train.vocab.ids[1:])
+    aligned[1:][idx > 0] = emb.vectors[idx[idx > 0]]
+    if model.name == "gru4rec":
+        model.init_item_embeddings(aligned, train.vocab)
+    else:
+        model.init_item_embeddings(aligned)
+
+
+def history_of(model) -> dict[str, Any]:
+    """Return a model's training history as a dict (empty for count-based models)."""
+    hist = getattr(model, "history", None)
+    if hist is None:
+        losses = getattr(model, "losses", None)
+        return {"loss": list(map(float, losses))} if losses else {}
+    if isinstance(hist, list):
+        return {"loss": [float(h.get("loss", float("nan"))) for h in hist], "epochs": hist}
+    return hist.to_dict()
+
+
+def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfig, part: str = "test") -> dict[str, Any]:
+    """Evaluate a saved model on the split's ``part`` under the configured protocol."""
+    from seqrec.evaluation import evaluate_model
+    from seqrec.recommend import load_model
+    from seqrec.sequences import reencode_sessions
+
+    model = load_model(model_path)
+    data = io.load_sessions(Path(split_dir) / f"{part}.npz")
+    train = io.load_sessions(Path(split_dir) / "train.npz")
+    data, reenc = reencode_sessions(data, train.vocab)
+    start = time.perf_counter()
+    targets = "all" if cfg.protocol == "session" else "last"
+    result = evaluate_model(model, data, cfg, targets=targets, train_support=train.item_support())
+    out = result.to_dict()
+    out.update(model=model.name, part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3))
+    return out
+
+
+def write_model_report(results: list[dict[str, Any]], out_dir: str, title: str = "Model comparison") -> dict[str, Any]:
+    """Write the comparison report (markdown, HTML, JSON) and return its paths."""
+    from seqrec.reports.comparison import render_comparison_html, render_comparison_markdown
+
+    protocol = results[0]["protocol"] if results else {}
+    out = Path(out_dir)
+    md = io.write_text(render_comparison_markdown(results, protocol, title), out / "models.md")
+    page = io.write_text(render_comparison_html(results, protocol, title), out / "models.html")
+    data = io.write_json(results, out / "models.json")
+    return {"markdown": str(md), "html": str(page), "json": str(data)}
+
+
+def fingerprint_raw_events(root: str, data: DataConfig) -> str:
+    """Return a fingerprint of the raw event files that ``data`` selects (names, sizes, mtimes)."""
+    from seqrec.reader import list_partitions
+
+    files = [p.path for d in data.domains for p in list_partitions(Path(root), f"{d}/events", data.first_day, data.last_day)]
+    return io.fingerprint_obj([io.fingerprint_files(files), config_to_dict(data)])
+
+
+def load_receipts(root: str, data: DataConfig) -> tuple[pd.DataFrame | None, pd.Series | None]:
+    """Return receipts and the catalogue item ids of the configured domains, when present."""
+    from seqrec.reader import load_day_tables, read_table_safe
+
+    base = Path(root)
+    catalogue = [read_table_safe(base / d / "items.pq")["item_id"] for d in data.domains if (base / d / "items.pq").is_file()]
+    if not (base / "payments" / "receipts").is_dir():
+        return None, pd.concat(catalogue) if catalogue else None
+    receipts = load_day_tables(base, "payments/receipts", data).table
+    return receipts, pd.concat(catalogue) if catalogue else None
+
+
+def build_item_graph(sessions_path: str, root: str, cfg, out_dir: str, data: DataConfig | None = None) -> dict[str, Any]:
+    """Build the co-occurrence graph from sessions and receipts; write edges, matrix, stats, plot."""
+    from seqrec.graph import build_cooccurrence_graph, graph_stats, plot_degree_distribution
+
+    sessions = io.read_table(sessions_path, columns=[C.SESSION, C.TIMESTAMP, C.ITEM])
+    receipts, catalogue = load_receipts(root, data or DataConfig())
+    graph = build_cooccurrence_graph(sessions, receipts, catalogue, cfg, Path(out_dir))
+    stats = graph_stats(graph)
+    plot = plot_degree_distribution(graph, Path(out_dir) / "degree_distribution.png")
+    io.write_json(stats, Path(out_dir) / "graph_stats.json")
+    return {"graph_dir": str(out_dir), "stats": stats, "plot": str(plot)}
+
+
+def train_item_embeddings(graph: dict[str, Any], cfg, training, out_dir: str) -> dict[str, Any]:
+    """Train InfoNCE item embeddings on the graph; write vectors, neighbours report and 2-D map."""
+    from seqrec import embeddings as E
+    from seqrec.graph import load_item_graph
+
+    item_graph = load_item_graph(graph["graph_dir"])
+    emb = E.train_item_embeddings(item_graph, cfg, device=training.device, progress=training.progress)
+    out = Path(out_dir)
+    path = emb.save(out / "item_embeddings.npz")
+    neighbours = E.nearest_neighbours(emb, k=10)
+    io.write_table(neighbours, out / "nearest_neighbours.parquet")
+    plot = E.plot_embedding_map(emb, out / "embedding_map.png")
+    return {"path": str(path), "items": emb.vocab.size, "dim": int(emb.vectors.shape[1]),
+            "history": emb.history, "map": str(plot)}

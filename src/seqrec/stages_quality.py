@@ -1,0 +1,169 @@
+"""Quality and cleaning stages: validate and clean T-ECD tables and event day partitions on disk.
+
+Each function reads its inputs, writes its outputs (summaries, cleaned data, quarantine)
+under an output directory and returns a small JSON-able summary; ``tasks/quality.py``
+wraps them one to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from seqrec import columns as C
+from seqrec import io
+from seqrec.config import CleaningConfig, DataConfig, QualityConfig, config_to_dict
+
+# GX logs one INFO line per ephemeral context (one per validation); keep run logs readable.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+SINGLE_TABLES = {"users": "users.pq", "brands": "brands.pq"}
+DAY_TABLES = {"payments": "payments/events", "receipts": "payments/receipts", "reviews": "reviews"}
+
+
+def read_raw_tables(root: str, data: DataConfig) -> dict[str, pd.DataFrame]:
+    """Return every non-event table present under a raw T-ECD root (embeddings repaired, lengths kept)."""
+    from seqrec.reader import load_day_tables, read_table_safe
+
+    base, frames = Path(root), {}
+    for name, rel in SINGLE_TABLES.items():
+        if (base / rel).is_file():
+            frames[name] = read_table_safe(base / rel, embeddings="repair")
+    for domain in data.domains:
+        if (base / domain / "items.pq").is_file():
+            frames[f"items.{domain}"] = read_table_safe(base / domain / "items.pq", embeddings="repair")
+    for name, rel in DAY_TABLES.items():
+        if (base / rel).is_dir():
+            frames[name] = load_day_tables(base, rel, data.model_copy(update={"embeddings": "repair"})).table
+    return frames
+
+
+def read_clean_tables(clean_root: str) -> dict[str, pd.DataFrame]:
+    """Return the cleaned tables written by ``clean_tables`` (one parquet file per table)."""
+    return {p.stem: io.read_table(p) for p in sorted(Path(clean_root).glob("*.parquet"))}
+
+
+@functools.lru_cache(maxsize=4)
+def references_of(root: str, domains: tuple[str, ...]):
+    """Return the raw catalogue's item ids and brand ids, for referential checks (cached per root)."""
+    from seqrec.quality import build_references
+    from seqrec.reader import read_table_safe
+
+    base, frames = Path(root), {}
+    for d in domains:
+        if (base / d / "items.pq").is_file():
+            frames[f"items.{d}"] = read_table_safe(base / d / "items.pq")
+    if (base / "brands.pq").is_file():
+        frames["brands"] = read_table_safe(base / "brands.pq")
+    return build_references(frames)
+
+
+def validate_tables(table_root: str, stage: str, quality: QualityConfig, data: DataConfig, out_dir: str,
+                    raw_root: str | None = None) -> dict[str, Any]:
+    """Validate every non-event table (raw root, or cleaned tables); write the check summary."""
+    from seqrec.quality import measure_missingness, summarise_validations, validate_table
+
+    frames = read_raw_tables(table_root, data) if stage == "raw" else read_clean_tables(table_root)
+    refs = references_of(raw_root or table_root, tuple(data.domains))
+    validations = [validate_table(df, table, stage, quality, refs) for table, df in frames.items()]
+    summary = summarise_validations(validations)
+    out = Path(out_dir)
+    io.write_table(summary, out / f"{stage}_tables.parquet")
+    io.write_table(measure_missingness(frames, stage), out / f"{stage}_tables_missing.parquet")
+    return {"stage": stage, "tables": sorted(frames), "checks": len(summary),
+            "failed": int((~summary["success"].astype(bool)).sum()), "summary": str(out / f"{stage}_tables.parquet")}
+
+
+def events_by_domain(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Return a canonical event partition split by domain, as ``events.<domain>`` tables."""
+    return {f"events.{d}": part.drop(columns=[C.DOMAIN]) for d, part in df.groupby(C.DOMAIN, sort=True)}
+
+
+def validate_events_day(day: dict[str, Any], stage: str, quality: QualityConfig, out_dir: str,
+                        raw_root: str | None = None, domains: tuple[str, ...] = ("marketplace",)) -> dict[str, Any]:
+    """Validate one event day partition per domain; write its check summary and missingness."""
+    from seqrec.quality import measure_missingness, summarise_validations, validate_table
+
+    frames = events_by_domain(io.read_table(day["path"]))
+    refs = references_of(raw_root, tuple(domains)) if raw_root else None
+    name = f"{int(day['day']):05d}"
+    validations = [validate_table(df, t, stage, quality, refs, partition=name) for t, df in frames.items()]
+    summary = summarise_validations(validations)
+    out = Path(out_dir) / stage
+    io.write_table(summary, out / f"events_{name}.parquet")
+    io.write_table(measure_missingness(frames, stage).assign(partition=name), out / f"events_{name}_missing.parquet")
+    return {"day": day["day"], "stage": stage, "rows": int(sum(len(f) for f in frames.values())),
+            "failed": int((~summary["success"].astype(bool)).sum()), "summary": str(out / f"events_{name}.parquet")}
+
+
+def clean_events_day(day: dict[str, Any], cleaning: CleaningConfig, out_dir: str) -> dict[str, Any]:
+    """Clean one event day partition; write cleaned rows, quarantined rows and the step counts."""
+    from seqrec.cleaning import clean_table
+
+    frames = events_by_domain(io.read_table(day["path"]))
+    name = f"{int(day['day']):05d}"
+    results = [clean_table(df, t, cleaning, source_file=Path(day["path"]).name) for t, df in frames.items()]
+    clean = pd.concat([r.clean.assign(**{C.DOMAIN: r.table.split(".")[1]}) for r in results], ignore_index=True)
+    clean = clean.sort_values([C.TIMESTAMP, C.USER], kind="stable")[list(io.read_table(day["path"]).columns)]
+    out = Path(out_dir)
+    path = io.write_table(clean, out / "events" / f"{name}.parquet")
+    quarantine = pd.concat([r.quarantine.assign(table=r.table) for r in results], ignore_index=True)
+    io.write_table(quarantine.astype({c: str for c in quarantine.columns if quarantine[c].dtype == object}),
+                   out / "quarantine" / f"events_{name}.parquet")
+    steps = [dataclasses.asdict(s) for r in results for s in r.steps]
+    rows_in = sum(len(f) for f in frames.values())
+    assert rows_in == len(clean) + len(quarantine), f"day {name}: {rows_in} rows in != {len(clean)} kept + {len(quarantine)} quarantined"
+    return {"day": day["day"], "path": str(path), "rows_in": rows_in, "rows_kept": len(clean),
+            "rows_quarantined": len(quarantine), "steps": steps,
+            "fingerprint": io.fingerprint_obj([day["fingerprint"], config_to_dict(cleaning)])}
+
+
+def clean_tables(root: str, cleaning: CleaningConfig, data: DataConfig, out_dir: str) -> dict[str, Any]:
+    """Clean every non-event table of a raw root; write cleaned tables and quarantine; return counts."""
+    from seqrec.cleaning import clean_table, write_quarantine
+
+    out, steps, counts = Path(out_dir), [], {}
+    for table, df in read_raw_tables(root, data).items():
+        result = clean_table(df, table, cleaning)
+        io.write_table(result.clean, out / "tables" / f"{table}.parquet")
+        write_quarantine(result, out / "quarantine")
+        steps += [dataclasses.asdict(s) for s in result.steps]
+        counts[table] = {"rows_in": len(df), "rows_kept": len(result.clean), "rows_quarantined": len(result.quarantine)}
+    return {"clean_root": str(out / "tables"), "steps": steps, "counts": counts}
+
+
+def collect_summaries(quality_dir: str, stage: str) -> pd.DataFrame:
+    """Return every check summary of a stage written under the quality directory."""
+    base = Path(quality_dir)
+    files = [base / f"{stage}_tables.parquet", *sorted((base / stage).glob("events_?????.parquet"))]
+    frames = [io.read_table(f) for f in files if f.is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def collect_missingness(quality_dir: str) -> pd.DataFrame:
+    """Return missing-value counts per (table, column, stage), summed over day partitions."""
+    base = Path(quality_dir)
+    files = sorted(base.glob("*_tables_missing.parquet")) + sorted(base.glob("*/events_*_missing.parquet"))
+    frame = pd.concat([io.read_table(f) for f in files], ignore_index=True)
+    grouped = frame.groupby(["table", "stage", "column"], as_index=False)[["rows", "missing"]].sum()
+    return grouped.assign(rate=grouped["missing"] / grouped["rows"].where(grouped["rows"] > 0))
+
+
+def write_quality_report(quality_dir: str, cleaned: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """Write the offline HTML and markdown data-quality reports from both passes and the cleaning steps."""
+    from seqrec.cleaning import CleanStep
+    from seqrec.reports.quality_html import render_quality_markdown, render_quality_report
+
+    raw, clean = collect_summaries(quality_dir, "raw"), collect_summaries(quality_dir, "cleaned")
+    step_dicts = [s for d in cleaned["days"] for s in d["steps"]] + cleaned["tables"]["steps"]
+    steps = [CleanStep(**s) for s in step_dicts]
+    page = io.write_text(render_quality_report(raw, clean, steps, collect_missingness(quality_dir)), Path(out_dir) / "quality.html")
+    md = render_quality_markdown(raw, clean, steps)
+    io.write_text(md, Path(out_dir) / "quality.md")
+    failed = lambda s: int((~s["success"].astype(bool)).sum()) if len(s) else 0  # noqa: E731
+    return {"html": str(page), "markdown": md, "raw_failed": failed(raw), "cleaned_failed": failed(clean)}

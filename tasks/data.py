@@ -1,0 +1,25 @@
+"""Data tasks: resolve (or generate) the raw root, and ingest event partitions with Dask."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from seqrec import stages
+from seqrec.config import DataConfig, SeqrecConfig
+from tasks.common import CACHE, IO_RETRIES, LONG_TIMEOUT_S
+
+
+@task(name="resolve_data_root", **IO_RETRIES, timeout_seconds=LONG_TIMEOUT_S)
+def resolve_data_root(cfg: SeqrecConfig) -> dict:
+    """Return the raw data root, generating T-ECD data when no root is configured."""
+    return stages.resolve_data_root(cfg)
+
+
+@task(name="ingest_events", **CACHE, **IO_RETRIES, timeout_seconds=LONG_TIMEOUT_S)
+def ingest_events(root: str, raw_fingerprint: str, data: DataConfig, out_dir: str, code: str) -> dict:
+    """Return per-day canonical event files loaded from the raw partitions."""
+    result = stages.ingest_events(root, data, out_dir)
+    rows = [{k: p.get(k) for k in ("file", "day", "rows", "status", "reason")} for p in result["partitions"]]
+    create_table_artifact(rows, key="ingest-partitions", description="Raw partitions read by ingest")
+    return result

@@ -1,0 +1,41 @@
+"""Model tasks: split, train one model, evaluate one model, publish the comparison."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from seqrec import stages
+from seqrec.config import EvaluationConfig, SeqrecConfig
+from seqrec.reports.comparison import comparison_rows
+from tasks.common import CACHE, LONG_TIMEOUT_S
+
+
+@task(name="split_sessions", **CACHE)
+def split_sessions(sessions_path: str, fingerprint: str, cfg: EvaluationConfig, out_dir: str, code: str) -> dict:
+    """Return the train / valid / test data sets of the configured protocol."""
+    return stages.split_sessions(sessions_path, cfg, out_dir)
+
+
+@task(name="train_model", **CACHE, timeout_seconds=LONG_TIMEOUT_S, tags=["gpu"])
+def train_model(name: str, split: dict, cfg: SeqrecConfig, out_dir: str, code: str, embeddings_path: str | None = None) -> dict:
+    """Return the trained model's file, training time and history."""
+    return stages.train_model(name, split["split_dir"], cfg, out_dir, embeddings_path)
+
+
+@task(name="evaluate_model", **CACHE, timeout_seconds=LONG_TIMEOUT_S)
+def evaluate_model(trained: dict, split: dict, cfg: EvaluationConfig, code: str) -> dict:
+    """Return full-ranking metrics (and breakdowns) of one trained model on the test part."""
+    result = stages.evaluate_trained_model(trained["path"], split["split_dir"], cfg)
+    result["train_seconds"] = trained["train_seconds"]
+    result["history"] = trained.get("history", {})
+    return result
+
+
+@task(name="write_model_report")
+def write_model_report(results: list[dict], out_dir: str) -> dict:
+    """Return the comparison report's paths; publish metrics as Prefect artifacts."""
+    paths = stages.write_model_report(results, out_dir)
+    create_table_artifact(comparison_rows(results), key="model-metrics", description="Full-ranking metrics per model")
+    create_markdown_artifact(open(paths["markdown"]).read() + f"\n\nHTML report: `{paths['html']}`\n", key="model-report")
+    return paths

@@ -1,0 +1,48 @@
+"""Quality tasks: Great Expectations validation (raw findings, cleaned gates) and cleaning."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from seqrec import stages_quality as SQ
+from seqrec.config import CleaningConfig, DataConfig, QualityConfig
+from tasks.common import CACHE, IO_RETRIES
+
+
+@task(name="validate_events_day", **CACHE, task_run_name="validate_events_day-{stage}-{day[day]}")
+def validate_events_day(day: dict, stage: str, quality: QualityConfig, out_dir: str, code: str,
+                        raw_root: str | None = None, domains: tuple[str, ...] = ("marketplace",)) -> dict:
+    """Return the check summary of one event day partition (raw: findings; cleaned: gate)."""
+    return SQ.validate_events_day(day, stage, quality, out_dir, raw_root, domains)
+
+
+@task(name="validate_tables", **CACHE, **IO_RETRIES, task_run_name="validate_tables-{stage}")
+def validate_tables(table_root: str, fingerprint: str, stage: str, quality: QualityConfig, data: DataConfig,
+                    out_dir: str, code: str, raw_root: str | None = None) -> dict:
+    """Return the check summary of the users, brands, items, payments, receipts and reviews tables."""
+    return SQ.validate_tables(table_root, stage, quality, data, out_dir, raw_root)
+
+
+@task(name="clean_events_day", **CACHE, task_run_name="clean_events_day-{day[day]}")
+def clean_events_day(day: dict, cleaning: CleaningConfig, out_dir: str, code: str) -> dict:
+    """Return one cleaned event day partition with its quarantine and step counts."""
+    return SQ.clean_events_day(day, cleaning, out_dir)
+
+
+@task(name="clean_tables", **CACHE, **IO_RETRIES)
+def clean_tables(root: str, fingerprint: str, cleaning: CleaningConfig, data: DataConfig, out_dir: str, code: str) -> dict:
+    """Return the cleaned non-event tables, their quarantine and row counts."""
+    return SQ.clean_tables(root, cleaning, data, out_dir)
+
+
+@task(name="write_quality_report")
+def write_quality_report(quality_dir: str, cleaned: dict, out_dir: str) -> dict:
+    """Return the data-quality report paths; publish the summary as Prefect artifacts."""
+    report = SQ.write_quality_report(quality_dir, cleaned, out_dir)
+    rows = [{"day": d["day"], "rows_in": d["rows_in"], "rows_kept": d["rows_kept"],
+             "rows_quarantined": d["rows_quarantined"]} for d in cleaned["days"]]
+    rows += [{"table": t, **c} for t, c in cleaned["tables"]["counts"].items()]
+    create_table_artifact(rows, key="cleaning-accounting", description="rows in = kept + quarantined, per partition/table")
+    create_markdown_artifact(report["markdown"] + f"\n\nFull report: `{report['html']}`\n", key="data-quality")
+    return {k: v for k, v in report.items() if k != "markdown"}
