@@ -183,3 +183,10 @@ def test_score_last_equals_the_last_step_of_score_steps(model):
     last = model.score_last(items, lengths)
     for row, n in enumerate(lengths):
         np.testing.assert_allclose(last[row, 1:], steps[n - 1][row, 1:], rtol=1e-5, atol=1e-6)  # column 0: padding
+
+
+def test_a_suspended_score_generator_leaves_grad_mode_alone():
+    model = BPRMF(BprMfConfig(factors=4, epochs=1)).fit(TRAIN)
+    steps = model.score_steps(np.array([[1, 2]]), np.array([2]))
+    next(steps)  # suspended mid-way, as zip() or an early stop leaves it
+    assert torch.is_grad_enabled()

@@ -74,10 +74,13 @@ def cmd_run(args: argparse.Namespace) -> dict:
     """Run the whole pipeline as a Prefect flow."""
     extra = {"data": {"root": str(args.data)}} if args.data else {}
     cfg = config_from(args, extra)
-    from flows.pipeline import pipeline_flow
+    from seqrec.runlock import run_lock
 
-    start = time.perf_counter()
-    result = pipeline_flow(config=cfg)
+    with run_lock(cfg.output.run_dir):  # a second run on the same run directory is refused, not interleaved
+        from flows.pipeline import pipeline_flow
+
+        start = time.perf_counter()
+        result = pipeline_flow(config=cfg)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -180,18 +183,18 @@ def cmd_recommend(args: argparse.Namespace) -> dict:
 
 def cmd_validate(args: argparse.Namespace) -> dict:
     """Validate a T-ECD root's tables and event partitions with the Great Expectations suites."""
-    from seqrec import stages
+    from seqrec import stages_quality
 
     cfg = config_from(args, {"data": {"root": str(args.root)}})
-    return stages.validate_root(str(args.root), args.stage, cfg, str(args.out))
+    return stages_quality.validate_root(str(args.root), args.stage, cfg, str(args.out))
 
 
 def cmd_clean(args: argparse.Namespace) -> dict:
     """Clean a T-ECD root by the configured policy; quarantine every dropped row with its reason."""
-    from seqrec import stages
+    from seqrec import stages_quality
 
     cfg = config_from(args, {"data": {"root": str(args.root)}})
-    return stages.clean_root(str(args.root), cfg, str(args.out))
+    return stages_quality.clean_root(str(args.root), cfg, str(args.out))
 
 
 def cmd_features(args: argparse.Namespace) -> dict:
@@ -296,6 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def known_errors() -> tuple[type[BaseException], ...]:
+    """Return seqrec's own error types that the CLI reports as one line and exit code 1."""
+    from seqrec.io import OutputError
+    from seqrec.quality import QualityGateError
+    from seqrec.reader import PartitionError
+    from seqrec.runlock import RunLockedError
+
+    return PartitionError, OutputError, RunLockedError, QualityGateError
+
+
+def one_line(err: BaseException) -> str:
+    """Return an error's message with its lines joined by " | "."""
+    return " | ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -310,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"seqrec: configuration error: {err}", file=sys.stderr)
         return 2
+    except known_errors() as err:  # evaluated only when an exception arrives: imports stay lazy
+        print(f"seqrec: {type(err).__name__}: {one_line(err)}", file=sys.stderr)
+        return 1
     emit(result, getattr(args, "json", False))
     return 0
 

@@ -252,7 +252,7 @@ def write_item_graph(graph: ItemGraph, workdir: Path) -> None:
     """Write edges.pq, graph.npz, items.pq and graph_report.json under workdir (atomically)."""
     write_table(graph.edges, workdir / "edges.pq")
     with atomic_path(workdir / "graph.npz") as tmp, open(tmp, "wb") as fh:
-        sp.save_npz(fh, graph.matrix)
+        sp.save_npz(fh, graph.matrix, compressed=False)  # zlib costs more than it saves here
     write_table(pd.DataFrame({C.ITEM: graph.vocab.ids.astype(str)}), workdir / "items.pq")
     write_json(graph.report, workdir / "graph_report.json")
 

@@ -24,19 +24,37 @@ class OutputError(OSError):
     """An output could not be written; the message names the path and the cause."""
 
 
+def current_umask() -> int:
+    """Return the process umask, read from /proc where possible (``os.umask`` must set it to read it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # fallback: briefly set, then restore
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``dest``; rename it onto ``dest`` if the block succeeds."""
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` if the block succeeds.
+
+    ``mkstemp`` creates the file 0600; it gets the usual mode (0666 less the umask, so 0644)
+    before the rename, like a file opened in place.
+    """
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         os.close(fd)
+    except FileExistsError as err:  # mkdir: the parent path is a file
+        raise OutputError(f"cannot write {dest}: {err.filename} exists and is not a directory") from err
     except OSError as err:
         raise OutputError(f"cannot write {dest}: {err.strerror or err}") from err
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, dest)
     except OSError as err:
         raise OutputError(f"cannot write {dest}: {err.strerror or err}") from err

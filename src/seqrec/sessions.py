@@ -156,6 +156,13 @@ def split_rows(events: pd.DataFrame, drop: np.ndarray, reason: str, rnd: int) ->
     return events[~drop], gone
 
 
+def count_below(events: pd.DataFrame, column: str, minimum: int) -> np.ndarray:
+    """Return a row mask: the row's value of ``column`` occurs in fewer than ``minimum`` rows."""
+    if minimum <= 1:  # every value occurs at least once
+        return np.zeros(len(events), dtype=bool)
+    return events.groupby(column, sort=False)[column].transform("size").to_numpy() < minimum
+
+
 def filter_sessions(events: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Return (kept events, removed events with reason, rounds run) after support then length filters.
 
@@ -166,10 +173,8 @@ def filter_sessions(events: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFr
     rnd = 0
     while True:
         rnd += 1
-        support = events.groupby(C.ITEM, sort=False)[C.ITEM].transform("size").to_numpy()
-        events, gone_s = split_rows(events, support < cfg.min_item_support, REASON_SUPPORT, rnd)
-        length = events.groupby(C.SESSION, sort=False)[C.SESSION].transform("size").to_numpy()
-        events, gone_l = split_rows(events, length < cfg.min_session_length, REASON_LENGTH, rnd)
+        events, gone_s = split_rows(events, count_below(events, C.ITEM, cfg.min_item_support), REASON_SUPPORT, rnd)
+        events, gone_l = split_rows(events, count_below(events, C.SESSION, cfg.min_session_length), REASON_LENGTH, rnd)
         removed += [gone_s, gone_l]
         if cfg.filter_mode == "once" or len(gone_s) + len(gone_l) == 0:
             break

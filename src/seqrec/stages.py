@@ -121,25 +121,61 @@ def save_split(split, out_dir: str) -> dict[str, Any]:
 
 
 def train_model(name: str, split_dir: str, cfg: SeqrecConfig, out_dir: str, embeddings_path: str | None = None) -> dict[str, Any]:
-    """Train model ``name`` on the split's train part (early stopping on valid); save it."""
+    """Train model ``name`` on the split's train_full part and save it.
+
+    Neural models first pick their epoch count by early stopping on ``valid`` (trained on
+    ``train`` only, so selection never sees its own validation data), then retrain on
+    ``train_full`` for that many epochs. Every model ends up on the same vocabulary, so all
+    are ranked on exactly the same test targets.
+    """
     from seqrec.models.factory import NEURAL, build_model
     from seqrec.recommend import save_model
 
-    out = Path(out_dir)
-    train = io.load_sessions(Path(split_dir) / "train.npz")
-    valid = io.load_sessions(Path(split_dir) / "valid.npz") if name in NEURAL else None
-    model = build_model(name, cfg, checkpoint_path=out / f"{name}.ckpt")
-    if embeddings_path and name in NEURAL:
-        warm_start(model, embeddings_path, train)
+    out, split = Path(out_dir), Path(split_dir)
+    train_full = io.load_sessions(split / "train_full.npz")
     start = time.perf_counter()
-    model.fit(train, valid if valid is not None and valid.n_sessions else None)
+    selection: dict[str, Any] = {}
+    if name in NEURAL and cfg.training.patience > 0:
+        cfg, selection = select_epochs(name, split, cfg, out, embeddings_path)
+    ckpt = checkpoint_path(out, name, split / "train_full.npz", cfg, embeddings_path)
+    model = build_model(name, cfg, checkpoint_path=ckpt)
+    if embeddings_path and name in NEURAL:
+        warm_start(model, embeddings_path, train_full)
+    model.fit(train_full)
     seconds = time.perf_counter() - start
     path = save_model(model, out / f"{name}.pt")
+    ckpt.unlink(missing_ok=True)  # the finished model replaces the resume point
     history = history_of(model)
-    io.write_json(history, out / f"{name}.history.json")
-    return {"model": name, "path": str(path), "train_seconds": round(seconds, 2), "train_events": train.n_events,
-            "events_per_second": round(train.n_events * max(1, len(history.get("loss", [1]))) / max(seconds, 1e-9), 1),
-            "history": history}
+    io.write_json({"history": history, "selection": selection}, out / f"{name}.history.json")
+    return {"model": name, "path": str(path), "train_seconds": round(seconds, 2), "train_events": train_full.n_events,
+            "history": history, "selection": selection, "warm_start": bool(embeddings_path and name in NEURAL)}
+
+
+def checkpoint_path(out: Path, name: str, data: Path, cfg: SeqrecConfig, embeddings_path: str | None) -> Path:
+    """Return a resume checkpoint path unique to the training data, model config and warm start."""
+    key = io.fingerprint_obj([io.fingerprint_files([data], content=True), config_to_dict(cfg.models),
+                              config_to_dict(cfg.training), embeddings_path])
+    return out / "checkpoints" / f"{name}-{key}.ckpt"
+
+
+def select_epochs(name: str, split: Path, cfg: SeqrecConfig, out: Path, embeddings_path: str | None) -> tuple[SeqrecConfig, dict]:
+    """Return the config with the model's epochs set by early stopping on valid, and the selection record."""
+    from seqrec.config import build_config
+    from seqrec.models.factory import build_model
+
+    train, valid = io.load_sessions(split / "train.npz"), io.load_sessions(split / "valid.npz")
+    if valid.n_sessions == 0:
+        return cfg, {"skipped": "validation part is empty"}
+    ckpt = checkpoint_path(out, f"{name}.select", split / "train.npz", cfg, embeddings_path)
+    probe = build_model(name, cfg, checkpoint_path=ckpt)
+    if embeddings_path:
+        warm_start(probe, embeddings_path, train)
+    probe.fit(train, valid)
+    ckpt.unlink(missing_ok=True)
+    hist = probe.history.to_dict()
+    best = max(int(hist["best_epoch"]) + 1, 1)
+    tuned = build_config(cfg.model_dump(mode="json"), {"models": {name: {"epochs": best}}})
+    return tuned, {"best_epoch": best, "metric": hist["metric_name"], "valid_metric": hist["valid_metric"]}
 
 
 def warm_start(model, embeddings_path: str, train) -> None:
@@ -175,14 +211,21 @@ def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfi
 
     model = load_model(model_path)
     data = io.load_sessions(Path(split_dir) / f"{part}.npz")
-    train = io.load_sessions(Path(split_dir) / "train.npz")
-    data, reenc = reencode_sessions(data, train.vocab)
+    train = io.load_sessions(Path(split_dir) / ("train_full.npz" if part == "test" else "train.npz"))
+    data, reenc = reencode_sessions(data, model.vocab)  # a no-op when the model trained on this split
     start = time.perf_counter()
     targets = "all" if cfg.protocol == "session" else "last"
-    result = evaluate_model(model, data, cfg, targets=targets, train_support=train.item_support())
+    result = evaluate_model(model, data, cfg, targets=targets, train_support=model_support(train, model.vocab))
     out = result.to_dict()
     out.update(model=model.name, part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3))
     return out
+
+
+def model_support(train, vocab) -> np.ndarray:
+    """Return the training support of every item of ``vocab`` (index 0 = padding)."""
+    counts = train.item_support()
+    idx = train.vocab.encode(vocab.ids[1:])
+    return np.concatenate([[0], np.where(idx > 0, counts[idx], 0)]).astype(np.int64)
 
 
 def write_model_report(results: list[dict[str, Any]], out_dir: str, title: str = "Model comparison") -> dict[str, Any]:

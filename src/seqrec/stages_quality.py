@@ -167,3 +167,34 @@ def write_quality_report(quality_dir: str, cleaned: dict[str, Any], out_dir: str
     io.write_text(md, Path(out_dir) / "quality.md")
     failed = lambda s: int((~s["success"].astype(bool)).sum()) if len(s) else 0  # noqa: E731
     return {"html": str(page), "markdown": md, "raw_failed": failed(raw), "cleaned_failed": failed(clean)}
+
+
+def validate_root(root: str, stage: str, cfg, out_dir: str) -> dict[str, Any]:
+    """Validate a whole T-ECD root outside the pipeline: tables and every event day partition."""
+    from seqrec.stages import ingest_events
+
+    ingested = ingest_events(root, cfg.data, str(Path(out_dir) / "_ingest"))
+    days = [validate_events_day(d, stage, cfg.quality, out_dir, root, tuple(cfg.data.domains)) for d in ingested["days"]]
+    tables = validate_tables(root, stage, cfg.quality, cfg.data, out_dir)
+    return {"tables": tables, "days": days, "failed": tables["failed"] + sum(d["failed"] for d in days),
+            "partitions": ingested["partitions"]}
+
+
+def clean_root(root: str, cfg, out_dir: str) -> dict[str, Any]:
+    """Clean a whole T-ECD root outside the pipeline; write cleaned data, quarantine and the DQ report."""
+    from seqrec.stages import ingest_events
+
+    ingested = ingest_events(root, cfg.data, str(Path(out_dir) / "_ingest"))
+    qdir = str(Path(out_dir) / "quality")
+    for d in ingested["days"]:
+        validate_events_day(d, "raw", cfg.quality, qdir, root, tuple(cfg.data.domains))
+    validate_tables(root, "raw", cfg.quality, cfg.data, qdir)
+    cleaned = {"days": [clean_events_day(d, cfg.cleaning, out_dir) for d in ingested["days"]],
+               "tables": clean_tables(root, cfg.cleaning, cfg.data, out_dir)}
+    for d in cleaned["days"]:
+        validate_events_day(d, "cleaned", cfg.quality, qdir, root, tuple(cfg.data.domains))
+    validate_tables(cleaned["tables"]["clean_root"], "cleaned", cfg.quality, cfg.data, qdir, root)
+    report = write_quality_report(qdir, cleaned, out_dir)
+    return {"days": [{k: d[k] for k in ("day", "rows_in", "rows_kept", "rows_quarantined")} for d in cleaned["days"]],
+            "tables": cleaned["tables"]["counts"], "report": report["html"], "raw_failed": report["raw_failed"],
+            "cleaned_failed": report["cleaned_failed"]}

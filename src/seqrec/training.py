@@ -112,6 +112,7 @@ class AdagradMomentum(torch.optim.Optimizer):
         """Apply one update to every parameter with a gradient; return the closure's loss."""
         loss = closure() if closure is not None else None
         for group in self.param_groups:
+            dense = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -119,20 +120,29 @@ class AdagradMomentum(torch.optim.Optimizer):
                 if not state:
                     state["acc"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["vel"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                update = sparse_update if p.grad.is_sparse else dense_update
-                update(p, p.grad, state["acc"], state["vel"], group)
+                if p.grad.is_sparse:
+                    sparse_update(p, p.grad, state["acc"], state["vel"], group)
+                else:
+                    dense.append(p)
+            if dense:
+                dense_update(dense, [p.grad for p in dense], [self.state[p]["acc"] for p in dense],
+                             [self.state[p]["vel"] for p in dense], group)
         return loss
 
 
-def dense_update(p: torch.Tensor, g: torch.Tensor, acc: torch.Tensor, vel: torch.Tensor, group: dict) -> None:
-    """Update a whole parameter in place (Adagrad step into momentum); returns nothing."""
+def dense_update(ps: list, grads: list, accs: list, vels: list, group: dict) -> None:
+    """Update whole parameters in place, all at once (Adagrad step into momentum); returns nothing."""
     if group["weight_decay"]:
-        g = g.add(p, alpha=group["weight_decay"])
-    denom = acc.addcmul_(g, g).add(group["eps"]).sqrt_()
+        grads = torch._foreach_add(grads, ps, alpha=group["weight_decay"])
+    torch._foreach_addcmul_(accs, grads, grads)
+    denoms = torch._foreach_add(accs, group["eps"])
+    torch._foreach_sqrt_(denoms)
     if group["momentum"]:
-        p.sub_(vel.mul_(group["momentum"]).addcdiv_(g, denom, value=group["lr"]))
+        torch._foreach_mul_(vels, group["momentum"])
+        torch._foreach_addcdiv_(vels, grads, denoms, value=group["lr"])
+        torch._foreach_sub_(ps, vels)
     else:
-        p.addcdiv_(g, denom, value=-group["lr"])
+        torch._foreach_addcdiv_(ps, grads, denoms, value=-group["lr"])
 
 
 def sparse_update(p: torch.Tensor, g: torch.Tensor, acc: torch.Tensor, vel: torch.Tensor, group: dict) -> None:

@@ -19,13 +19,14 @@ from typing import Iterator
 
 import numpy as np
 
-from seqrec.sequences import SessionDataset
+from seqrec.sequences import ItemVocab, SessionDataset
 
 
 class Recommender(ABC):
     """A next-item model over a fixed item vocabulary."""
 
     name: str = "model"
+    vocab: ItemVocab | None = None  # set by fit (or from_state_dict): dense index -> original id
 
     @abstractmethod
     def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "Recommender":

@@ -109,6 +109,7 @@ class CountModel(Recommender):
         if train.n_events == 0:
             raise ValueError(f"{self.name}: training data has no events")
         self.support = train.item_support()
+        self.vocab = train.vocab
 
 
 class LastItemModel(CountModel):

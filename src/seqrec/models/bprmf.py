@@ -65,6 +65,7 @@ class BPRMF(Recommender):
 
     def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "BPRMF":
         """Train with BPR for ``cfg.epochs`` epochs over all training events; return self."""
+        self.vocab = train.vocab
         if train.n_events == 0:
             raise ValueError(f"{self.name}: training data has no events")
         gen = torch.Generator().manual_seed(self.cfg.seed)

@@ -184,12 +184,21 @@ class RowGather(torch.autograd.Function):
         return None, None
 
 
+def distinct_rows(items: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (sorted distinct items (R,), position of each item among them (N,)), like torch.unique."""
+    if n_rows > 64 * len(items):  # large catalogue: sorting the few items is cheaper than a bitmap
+        return torch.unique(items, return_inverse=True)
+    seen = torch.zeros(n_rows, dtype=torch.bool, device=items.device).index_fill_(0, items, True)  # (V,)
+    rows = seen.nonzero()[:, 0]  # (R,) sorted
+    lookup = torch.empty(n_rows, dtype=torch.int64, device=items.device)
+    lookup.index_copy_(0, rows, torch.arange(len(rows), device=items.device))  # (V,) row -> position
+    return rows, lookup.index_select(0, items)
+
+
 def gather_rows(weight: torch.Tensor, items: torch.Tensor, sparse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (rows (R, D), positions (N,)) with rows[positions] == weight[items]; row-sparse gradient with ``sparse``."""
-    if not sparse:
-        return weight, items
-    rows, inverse = torch.unique(items, return_inverse=True)  # sorted distinct rows, (N,) positions
-    return RowGather.apply(weight, rows), inverse
+    rows, inverse = distinct_rows(items, weight.shape[0])  # sorted distinct rows, (N,) positions
+    return (RowGather.apply(weight, rows) if sparse else weight.index_select(0, rows)), inverse
 
 
 # --------------------------------------------------------------------------- network
@@ -229,7 +238,7 @@ class Gru4RecNet(nn.Module):
         return {"onehot": getattr(self, "Wx", None), "separate": getattr(self, "E", None), "constrained": self.Wy}[self.cfg.embedding]
 
     def gru_cell(self, gi: torch.Tensor, h: torch.Tensor, layer: int) -> torch.Tensor:
-        """Return the next hidden state (B, h) from input gates gi (B, 3h) and state h (B, h)."""
+        """Return the next hidden state (B, h) from input gate pre-activations gi (B, 3h) and state h (B, h)."""
         n = h.shape[1]
         gh = h @ self.W_hh[layer] + self.b_hh[layer]  # (B, 3h)
         rz = torch.sigmoid(gi[:, : 2 * n] + gh[:, : 2 * n])  # (B, 2h) reset and update gates
@@ -242,8 +251,10 @@ class Gru4RecNet(nn.Module):
         cfg, x = self.cfg, F.dropout(emb, self.cfg.dropout_emb, self.training)
         out = []
         for layer in range(cfg.layers):
-            gi = x if (layer == 0 and cfg.embedding == "onehot") else x @ self.W_ih[layer]  # (B, 3h)
-            h = self.gru_cell(gi + self.b_ih[layer], hidden[layer], layer)  # (B, h)
+            if layer == 0 and cfg.embedding == "onehot":  # x already holds the item's W_ih row
+                h = self.gru_cell(x + self.b_ih[0], hidden[0], 0)  # (B, h)
+            else:  # the same cell in one ATen call (gates r, z, n; h' = (1 - z)·n + z·h)
+                h = torch.gru_cell(x, hidden[layer], self.W_ih[layer].T, self.W_hh[layer].T, self.b_ih[layer], self.b_hh[layer])
             x = F.dropout(h, cfg.dropout_hidden, self.training)  # dropout on the carried state too
             out.append(x)
         return torch.stack(out)  # (L, B, h)
@@ -257,16 +268,16 @@ class Gru4RecNet(nn.Module):
         n = len(x)
         if self.cfg.embedding == "constrained":  # one gather serves input and output rows of Wy
             rows, pos = gather_rows(self.Wy, torch.cat([x, out_items]), self.sparse)  # (R, h), (B + K,)
-            emb, w = rows.index_select(0, pos[:n]), rows.index_select(0, pos[n:])  # (B, h), (K, h)
+            emb, pos = rows.index_select(0, pos[:n]), pos[n:]  # (B, h), (K,)
         else:
-            rows, pos = gather_rows(self.input_weights(), x, self.sparse)
-            emb = rows.index_select(0, pos)  # (B, d)
-            rows, pos = gather_rows(self.Wy, out_items, self.sparse)
-            w = rows.index_select(0, pos)  # (K, h)
-        rows, pos = gather_rows(self.By, out_items, self.sparse)
-        b = rows.index_select(0, pos)  # (K, 1)
+            in_rows, in_pos = gather_rows(self.input_weights(), x, self.sparse)
+            emb = in_rows.index_select(0, in_pos)  # (B, d)
+            rows, pos = gather_rows(self.Wy, out_items, self.sparse)  # (R, h), (K,)
+        b_rows, b_pos = gather_rows(self.By, out_items, self.sparse)
         states = self.recur(emb, hidden)  # (L, B, h)
-        return states, self.final_activation(states[-1] @ w.T + b.T)  # (B, K)
+        # score each distinct row once (R <= B + K: repeated samples cost nothing), then spread to K columns
+        scores = (states[-1] @ rows.T).index_select(1, pos)  # (B, K)
+        return states, self.final_activation(scores + b_rows.index_select(0, b_pos).T)  # (B, K)
 
     def final_activation(self, scores: torch.Tensor) -> torch.Tensor:
         """Return scores after the configured final activation (linear, elu(elu_param), tanh)."""

@@ -1,0 +1,72 @@
+"""Operations flows: nightly retrain with guarded promotion, data-quality check of new partitions, backfill.
+
+Every flow takes the typed config (``SeqrecConfig``) like the pipeline's flows; deployments
+(``deployments/prefect.yaml``, ``deployments/serve.py``) only override its values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.pipeline import clean_flow, features_flow, ingest_flow, pipeline_flow, quality_flow, train_flow
+from seqrec.config import SeqrecConfig, build_config, config_to_dict
+from seqrec.registry import default_registry_dir
+from tasks import registry as R
+
+
+def registry_dir(cfg: SeqrecConfig) -> str:
+    """Return the absolute registry directory of the config's output root."""
+    return str(default_registry_dir(cfg.output.root).resolve())
+
+
+@flow(name="promote", log_prints=True)
+def promote_flow(trained: dict, data_fingerprint: str, config: SeqrecConfig = SeqrecConfig()) -> dict:
+    """Evaluate the new models and the current one on the same validation split; register the best, promote if not worse."""
+    registry, metric, split = registry_dir(config), config.training.valid_metric, trained["split"]
+    current = R.current_version(registry)
+    futures = [R.evaluate_version.submit(t["path"], split, config.evaluation, "valid") for t in trained["trained"]]
+    baseline = R.evaluate_version(current["model_path"], split, config.evaluation, "valid") if current else None
+    results = [f.result() for f in futures]
+    registered = R.register_version(registry, results, metric, config, data_fingerprint, current, baseline)
+    promoted = R.promote_if_not_worse(registry, registered["version"], metric)
+    table = R.publish_model_comparison(results, baseline, current, registered, promoted, metric)
+    return {"registry": registry, "version": registered["version"], "model": registered["model"],
+            "promoted": promoted, "previous": current["version"] if current else None, "table": table}
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
+    """Ingest, check, clean, build features and train, then register and promote only if not worse."""
+    ingested = ingest_flow(config=config)
+    quality_flow(ingested=ingested, config=config)
+    cleaned = clean_flow(ingested=ingested, config=config)
+    features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
+    trained = train_flow(features=features, config=config)
+    decision = promote_flow(trained=trained, data_fingerprint=features["fingerprint"], config=config)
+    get_run_logger().info("Candidate %s (%s): promoted=%s", decision["version"], decision["model"], decision["promoted"])
+    return decision
+
+
+@flow(name="quality-check", log_prints=True)
+def quality_check_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
+    """Validate newly arrived day partitions (per-day caching: days seen before are cache hits)."""
+    ingested = ingest_flow(config=config)
+    quality = quality_flow(ingested=ingested, config=config)
+    return {"root": ingested["root"], "days": [d["day"] for d in ingested["days"]], "quality": quality}
+
+
+def with_day_range(cfg: SeqrecConfig, first_day: int, last_day: int) -> SeqrecConfig:
+    """Return ``cfg`` (validated again) over days first..last, writing to its own run directory."""
+    run_name = f"{cfg.output.run_name}-backfill-{first_day}-{last_day}"
+    return build_config(config_to_dict(cfg), {"data": {"first_day": first_day, "last_day": last_day},
+                                              "output": {"run_name": run_name}})
+
+
+@flow(name="backfill", log_prints=True)
+def backfill_flow(config: SeqrecConfig, first_day: int, last_day: int) -> dict:
+    """Run the whole pipeline over days first..last (inclusive) into ``<run_name>-backfill-<first>-<last>``."""
+    cfg = with_day_range(config, first_day, last_day)
+    result = pipeline_flow(config=cfg)
+    return {**result, "days": [first_day, last_day], "run_dir": str(Path(cfg.output.run_dir).resolve())}

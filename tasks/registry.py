@@ -1,0 +1,55 @@
+"""Registry tasks: read the current version, evaluate on validation data, register, promote, publish."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from seqrec import registry as R
+from seqrec.config import EvaluationConfig, SeqrecConfig, config_to_dict
+from tasks.common import IO_RETRIES, LONG_TIMEOUT_S
+
+
+@task(name="current_version", **IO_RETRIES)
+def current_version(registry: str) -> dict | None:
+    """Return the registry's current version (name, model, model file), or None before the first."""
+    version = R.current_version(registry)
+    return None if version is None else {"version": version.name, "model": version.meta["model"],
+                                         "model_path": str(version.model_path)}
+
+
+@task(name="evaluate_version", timeout_seconds=LONG_TIMEOUT_S, task_run_name="evaluate_version-{part}")
+def evaluate_version(model_path: str, split: dict, cfg: EvaluationConfig, part: str = "valid") -> dict:
+    """Return a saved model's metrics on the split's ``part`` (aligned to the split's vocabulary)."""
+    return R.evaluate_version(model_path, split["split_dir"], cfg, part)
+
+
+@task(name="register_version")
+def register_version(registry: str, results: list[dict], metric: str, config: SeqrecConfig, data_fingerprint: str,
+                     current: dict | None, baseline: dict | None) -> dict:
+    """Return the registered version of the best candidate on validation data, with the index chosen."""
+    chosen = R.select_best(results, metric)
+    best = results[chosen]
+    compared = None if current is None else {"version": current["version"], "metrics": baseline["metrics"],
+                                             "valid_fingerprint": baseline["data_fingerprint"]}
+    version = R.register_version(registry, [best["model_path"]], best["model"], config_to_dict(config),
+                                 data_fingerprint, best["metrics"], best["data_fingerprint"], compared)
+    return {"version": version.name, "chosen": chosen, "model": best["model"]}
+
+
+@task(name="promote_if_not_worse")
+def promote_if_not_worse(registry: str, version: str, metric: str) -> bool:
+    """Return whether the candidate became current (not worse than current on the same data)."""
+    return R.promote_if_not_worse(registry, version, metric)
+
+
+@task(name="publish_model_comparison")
+def publish_model_comparison(results: list[dict], baseline: dict | None, current: dict | None, registered: dict,
+                             promoted: bool, metric: str) -> str:
+    """Return the candidate-vs-current markdown table; publish it and the rows as artifacts."""
+    now = None if current is None else {**current, "metrics": baseline["metrics"]}
+    rows = R.comparison_rows(results, now, metric, registered["chosen"], promoted)
+    markdown = R.render_comparison_markdown(rows, registered["version"], promoted, metric)
+    create_table_artifact(rows, key="retrain-comparison", description=f"Candidates vs current on validation data ({metric})")
+    create_markdown_artifact(markdown, key="retrain-decision")
+    return markdown
