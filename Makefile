@@ -35,3 +35,29 @@ chromium:
 
 clean:
 	rm -rf outputs
+
+# ---- Operations (Prefect server, work pool, deployments, worker) ---------------------------
+PREFECT_PORT ?= 4200
+PREFECT_URL := http://127.0.0.1:$(PREFECT_PORT)
+SERVER_LOG := outputs/prefect-server.log
+
+# Start a local Prefect server in the background (127.0.0.1 only), wait for it, register deployments.
+server: $(STAMP)
+	@mkdir -p outputs
+	@if curl -sf $(PREFECT_URL)/api/health >/dev/null; then echo "Prefect server already up at $(PREFECT_URL)"; \
+	else nohup $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) >$(SERVER_LOG) 2>&1 & echo $$! >outputs/prefect-server.pid; \
+	for i in $$(seq 60); do curl -sf $(PREFECT_URL)/api/health >/dev/null && break; sleep 1; done; \
+	curl -sf $(PREFECT_URL)/api/health >/dev/null || { echo "server did not start, see $(SERVER_LOG)"; exit 1; }; fi
+	@echo "Prefect UI: $(PREFECT_URL)  (API $(PREFECT_URL)/api, stop: kill \$$(cat outputs/prefect-server.pid))"
+	$(MAKE) deploy
+
+# Create the process work pool (if missing) and register every deployment of deployments/prefect.yaml.
+deploy: $(STAMP)
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect work-pool inspect seqrec-process >/dev/null 2>&1 || \
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect work-pool create seqrec-process --type process
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+
+# Run scheduled and triggered flow runs of the seqrec-process pool (foreground; Ctrl-C stops it).
+worker: $(STAMP)
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect worker start --pool seqrec-process --type process
+.PHONY: deploy

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from seqrec import registry as R
 from seqrec.config import EvaluationConfig, SeqrecConfig, config_to_dict
-from tasks.common import IO_RETRIES, LONG_TIMEOUT_S
+from tasks.common import IO_RETRIES
 
 
 @task(name="current_version", **IO_RETRIES)
@@ -18,7 +18,7 @@ def current_version(registry: str) -> dict | None:
                                          "model_path": str(version.model_path)}
 
 
-@task(name="evaluate_version", timeout_seconds=LONG_TIMEOUT_S, task_run_name="evaluate_version-{part}")
+@task(name="evaluate_version", task_run_name="evaluate_version-{part}")
 def evaluate_version(model_path: str, split: dict, cfg: EvaluationConfig, part: str = "valid") -> dict:
     """Return a saved model's metrics on the split's ``part`` (aligned to the split's vocabulary)."""
     return R.evaluate_version(model_path, split["split_dir"], cfg, part)

@@ -125,6 +125,8 @@ def test_nearest_neighbours_and_group_recovery_known_answer() -> None:
     assert nn[nn["rank"] == 1].set_index(C.ITEM)["neighbour"].to_dict() == {"a": "b", "b": "a", "c": "d", "d": "c"}
     assert nn.loc[(nn[C.ITEM] == "a") & (nn["rank"] == 1), "similarity"].item() == pytest.approx(0.8)
     assert nearest_neighbours(emb, k=1, items=["d"])["neighbour"].tolist() == ["c"]
+    sampled = nearest_neighbours(emb, k=3, max_queries=2)
+    assert len(sampled) == 6 and sampled[C.ITEM].nunique() == 2
     with pytest.raises(ValueError, match="k=4"):
         nearest_neighbours(emb, k=4)
     groups = pd.Series(["x", "x", "y", "y"], index=["a", "b", "c", "d"])

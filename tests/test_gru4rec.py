@@ -181,6 +181,11 @@ def test_every_loss_trains(loss, act):
     assert hit_rate_at_1(model.score_steps, cycle_sessions(40, seed=1)) > 0.8
 
 
+def test_two_layer_onehot_gru_trains():
+    model = GRU4Rec(SMALL.model_copy(update={"layers": 2, "embedding": "onehot"}), TRAIN).fit(cycle_sessions(300))
+    assert hit_rate_at_1(model.score_steps, cycle_sessions(40, seed=1)) > 0.8
+
+
 def test_adamw_with_dense_gradients_trains():
     cfg = SMALL.model_copy(update={"optimizer": "adamw", "lr": 0.01, "embedding": "separate"})
     model = GRU4Rec(cfg, TRAIN).fit(cycle_sessions(300))

@@ -86,6 +86,12 @@ def test_partitions_give_the_same_sessions_as_one_table(seed: int, workers: int)
     assert whole.report["sessions_in"] == split.report["sessions_in"]
 
 
+def test_empty_day_partition_is_allowed() -> None:
+    day0, day2 = events([(1, DAY - 5 * MIN, "a")]), events([(1, 2 * DAY, "b")])
+    out = sessionize_partitions([day0, events([]), day2], SessionConfig())
+    assert out.events[C.SESSION].tolist() == [0, 1] and out.report["partitions"] == 3
+
+
 def test_partitions_out_of_time_order_are_an_error() -> None:
     day0, day1 = events([(1, DAY + 5, "a")]), events([(1, 5, "b")])
     with pytest.raises(ValueError, match="partition 1: user 1"):

@@ -216,6 +216,8 @@ class SessionConfig(Section):
 
 
 class GraphConfig(Section):
+    """Item co-occurrence graph (seqrec.graph): co-view pairs in sessions + co-purchase pairs in baskets."""
+
     coview: Literal["all", "window"] = "window"
     window: int = Field(5, gt=0)
     distance_weighting: bool = False
@@ -227,6 +229,8 @@ class GraphConfig(Section):
 
 
 class EmbeddingConfig(Section):
+    """Contrastive item embeddings (seqrec.embeddings); defaults are the study's (TECD.md)."""
+
     dim: int = Field(128, gt=0)
     hidden: int = Field(256, gt=0)
     temperature: float = Field(0.1, gt=0)
@@ -243,6 +247,8 @@ class EmbeddingConfig(Section):
 
 
 class FeaturesConfig(Section):
+    """Sessions, item graph and item embeddings."""
+
     sessions: SessionConfig = SessionConfig()
     graph: GraphConfig = GraphConfig()
     embeddings: EmbeddingConfig = EmbeddingConfig()

@@ -214,9 +214,13 @@ def train_item_embeddings(graph: ItemGraph, cfg: EmbeddingConfig, device: str = 
     return ItemEmbeddings(export_vectors(model, graph.vocab.size, cfg), graph.vocab, history)
 
 
-def top_neighbours(vectors: torch.Tensor, queries: np.ndarray, k: int, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Return (indices, similarities), each (Q, k), of the k most similar rows to each query row (self excluded)."""
+def top_neighbours(vectors: torch.Tensor, queries: np.ndarray, k: int, cells: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, similarities), each (Q, k), of the k most similar rows to each query row (self excluded).
+
+    Queries go in batches of ``cells // rows`` so one score block stays near ``cells`` floats (128 MiB).
+    """
     idx, sim = [], []
+    batch = max(1, cells // len(vectors))
     for lo in range(0, len(queries), batch):
         q = torch.from_numpy(queries[lo : lo + batch])  # (b,)
         scores = vectors[q] @ vectors.T  # (b, N)
@@ -227,16 +231,20 @@ def top_neighbours(vectors: torch.Tensor, queries: np.ndarray, k: int, batch: in
     return np.concatenate(idx), np.concatenate(sim)
 
 
-def nearest_neighbours(emb: ItemEmbeddings, k: int = 10, items: list[str] | None = None) -> pd.DataFrame:
-    """Return the k nearest items (cosine) of each item (or of ``items``): item_id, rank, neighbour, similarity.
+def nearest_neighbours(emb: ItemEmbeddings, k: int = 10, items: list[str] | None = None,
+                       max_queries: int | None = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Return the k nearest items (cosine) of each query item: item_id, rank, neighbour, similarity.
 
-    Exact search, O(queries x items): pass ``items`` for large vocabularies.
+    Queries are ``items``, else every item, or a seeded sample of ``max_queries`` of them when the
+    vocabulary is larger (exact search costs queries x items).
     """
     if not 0 < k < emb.vocab.size:
         raise ValueError(f"nearest_neighbours: k={k} must be in 1..{emb.vocab.size - 1} (vocabulary of {emb.vocab.size})")
     queries = np.arange(1, emb.vocab.size + 1) if items is None else emb.vocab.encode(np.asarray(items))
     if (queries == 0).any():
         raise KeyError(f"nearest_neighbours: items not in the vocabulary: {list(np.asarray(items)[queries == 0][:5])}")
+    if items is None and max_queries is not None and len(queries) > max_queries:
+        queries = np.sort(np.random.default_rng(seed).choice(queries, size=max_queries, replace=False))
     vectors = torch.from_numpy(emb.vectors[1:])  # (n_items, D): padding is never a neighbour
     idx, sim = top_neighbours(vectors, queries - 1, k)
     return pd.DataFrame({

@@ -69,9 +69,10 @@ def local_sessions(part: pd.DataFrame, gap_us: int) -> tuple[pd.DataFrame, pd.Da
     new = new_user.copy()
     new[1:] |= np.diff(t) > gap_us  # strictly greater: a gap of exactly gap_us continues
     starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], len(u)) - 1
+    ends = (np.append(starts[1:], len(u)) - 1)[: len(starts)]  # empty partition: no sessions
     sessions = pd.DataFrame({"user": u[starts], "start": t[starts], "end": t[ends], "first": new_user[starts]})
-    sessions["last"] = np.append(sessions["user"].to_numpy()[1:] != sessions["user"].to_numpy()[:-1], True)
+    first_users = sessions["user"].to_numpy()
+    sessions["last"] = np.append(first_users[1:] != first_users[:-1], True)[: len(starts)]
     ordered = part.iloc[order].reset_index(drop=True)
     ordered[_LOCAL] = np.cumsum(new) - 1
     return ordered, sessions

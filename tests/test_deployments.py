@@ -1,0 +1,133 @@
+"""End to end on a real Prefect server: process work pool, deployments from deployments/prefect.yaml,
+a worker running a triggered flow run to Completed, and a headless-Chromium screenshot of its page.
+
+Everything runs in subprocesses with their own PREFECT_HOME and PREFECT_API_URL, so the session
+test harness that other tests use is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from seqrec.config import GeneratorConfig
+from seqrec.generate import generate_tecd
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CHROMIUM = "/usr/bin/chromium"
+TRIGGER = """
+import json, sys
+from prefect.deployments import run_deployment
+run = run_deployment(sys.argv[1], parameters=json.loads(sys.argv[2]), timeout=float(sys.argv[3]))
+print(json.dumps({"id": str(run.id), "state": run.state.name}))
+"""
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def process_group(args: list[str], env: dict, log: Path) -> Iterator[subprocess.Popen]:
+    """Run ``args`` in its own process group; terminate (then kill) the whole group on exit."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    """Return once ``url``/api/health answers; raise with the server log if it died or time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"prefect server exited: {log.read_text()[-2000:]}"
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"prefect server at {url} not healthy after {timeout} s: {log.read_text()[-2000:]}")
+
+
+def prefect(args: list[str], env: dict, timeout: float = 120) -> str:
+    """Run a prefect CLI command against the test server; return its output, raise naming it on failure."""
+    done = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+    return done.stdout
+
+
+def screenshot(url: str, dest: Path) -> None:
+    """Save a headless-Chromium screenshot of ``url`` (flags from ENVIRONMENT.md)."""
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    try:
+        subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={profile}", "--window-size=1400,900", "--virtual-time-budget=15000",
+                        f"--screenshot={dest}", url], capture_output=True, timeout=120, start_new_session=True)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def server(tmp_path) -> Iterator[tuple[str, dict]]:
+    """Yield (UI URL, env for clients) of a Prefect server on 127.0.0.1:<free port>, stopped afterwards."""
+    url, home = f"http://127.0.0.1:{free_port()}", tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"{url}/api",
+           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    port = url.rsplit(":", 1)[1]
+    log = tmp_path / "server.log"
+    with process_group([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port], env, log) as proc:
+        wait_healthy(url, proc, log)
+        yield url, env
+
+
+@pytest.mark.slow
+def test_deployment_runs_on_worker(server, tmp_path):
+    url, env = server
+    root = tmp_path / "raw"
+    generate_tecd(root, GeneratorConfig(events=2000, days=2, workers=1, domains=("marketplace",)))
+    prefect(["work-pool", "create", "seqrec-process", "--type", "process"], env)
+    deployed = prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+    assert "retrain/nightly" in deployed and "quality-check/new-partitions" in deployed and "backfill/on-demand" in deployed
+    params = json.dumps({"config": {"data": {"root": str(root)}, "output": {"root": str(tmp_path / "out")}}})
+    worker = [str(BIN / "prefect"), "worker", "start", "--pool", "seqrec-process", "--type", "process"]
+    with process_group(worker, env, tmp_path / "worker.log"):
+        done = subprocess.run([sys.executable, "-c", TRIGGER, "quality-check/new-partitions", params, "240"],
+                              env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    assert run["state"] == "Completed", (run, (tmp_path / "worker.log").read_text()[-3000:])
+    assert sorted(p.name for p in (tmp_path / "out" / "nightly" / "quality").rglob("*.json"))  # the flow wrote its checks
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} absent: flow run {run['id']} Completed, screenshot not taken")
+    png = tmp_path / "flow-run.png"
+    screenshot(f"{url}/runs/flow-run/{run['id']}", png)
+    assert png.is_file() and png.stat().st_size > 20_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shutil.copy(png, REPO / "outputs" / "test-flow-run.png") if (REPO / "outputs").is_dir() else None
