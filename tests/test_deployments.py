@@ -123,7 +123,7 @@ def test_deployment_runs_on_worker(server, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads(done.stdout.strip().splitlines()[-1])
     assert run["state"] == "Completed", (run, (tmp_path / "worker.log").read_text()[-3000:])
-    assert sorted(p.name for p in (tmp_path / "out" / "nightly" / "quality").rglob("*.json"))  # the flow wrote its checks
+    assert [p for p in (tmp_path / "out" / "default" / "quality").rglob("*") if p.is_file()]  # it wrote its checks
 
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} absent: flow run {run['id']} Completed, screenshot not taken")

@@ -138,6 +138,8 @@ def plan_steps(table: str, cfg: CleaningConfig, known_items: pd.Index | None) ->
     """Return the (name, function) steps that apply to ``table``, in order."""
     family = table.split(".")[0]
     steps: list[tuple[str, StepFn]] = []
+    if family == "events" and cfg.action_aliases:  # before dedupe: two spellings of one event are one event
+        steps.append(("normalise_actions", normalise_actions))
     if rule_for(cfg.dedupe_keys, table):
         steps.append(("dedupe", dedupe_rows))
     if rule_for(cfg.drop_missing_price, table):
@@ -147,7 +149,6 @@ def plan_steps(table: str, cfg: CleaningConfig, known_items: pd.Index | None) ->
     steps += [("impute_int", impute_ints)] if rule_for(cfg.impute_int, table) else []
     steps += [("impute_str", impute_strs)] if rule_for(cfg.impute_str, table) else []
     if family == "events":
-        steps += [("normalise_actions", normalise_actions)] if cfg.action_aliases else []
         steps += [("impute_subdomain", impute_subdomain)] if cfg.subdomain_sentinel is not None else []
     if family == "events" and cfg.drop_events_unknown_items:
         if known_items is None:

@@ -411,6 +411,14 @@ class SeqrecConfig(Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
 
+    @model_validator(mode="after")
+    def _valid_metric(self) -> "SeqrecConfig":
+        name, _, k = self.training.valid_metric.partition("@")
+        if name not in ("recall", "hr", "mrr", "ndcg") or not k.isdigit() or int(k) not in self.evaluation.cutoffs:
+            raise ValueError(f"training.valid_metric={self.training.valid_metric!r} must be <recall|hr|mrr|ndcg>@K "
+                             f"with K in evaluation.cutoffs={list(self.evaluation.cutoffs)}")
+        return self
+
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names both."""

@@ -21,6 +21,7 @@ from seqrec.config import (
     EvaluationConfig,
     GeneratorConfig,
     SeqrecConfig,
+    ConfigError,
     SessionConfig,
     config_to_dict,
 )
@@ -33,7 +34,7 @@ def resolve_data_root(cfg: SeqrecConfig, progress: Progress | None = None) -> di
     if cfg.data.root is not None:
         root = Path(cfg.data.root).resolve()
         if not root.is_dir():
-            raise FileNotFoundError(f"data.root={root} is not a directory")
+            raise ConfigError(f"config key 'data.root' = '{root}': not a directory")
         return {"root": str(root), "generated": False}
     root = (cfg.output.run_dir / "data").resolve()
     return {"root": str(root), "generated": True, **generate_data(root, cfg.generator, progress)}

@@ -52,8 +52,6 @@ def test_cleaning_events_accounts_for_every_row(rows):
     assert all(tuple(r) in kept for r in quarantined[keys].astype(str).to_numpy())
 
 
-@pytest.mark.xfail(strict=True, reason="gap in cleaning.plan_steps: dedupe runs before normalise_actions, so one "
-                                       "event spelled 'added-to-cart' and 'added_to_cart' survives twice")
 def test_cleaning_dedupes_after_normalising_action_spellings():
     df = pd.DataFrame([(0, 1, "c", "added-to-cart", "u2i"), (0, 1, "c", "added_to_cart", "u2i")],
                       columns=[C.TIMESTAMP, C.USER, C.ITEM, C.ACTION, C.SUBDOMAIN])
