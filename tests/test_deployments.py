@@ -130,3 +130,33 @@ def test_deployment_runs_on_worker(server, tmp_path):
     png = tmp_path / "flow-run.png"
     screenshot(f"{url}/runs/flow-run/{run['id']}", png)
     assert png.is_file() and png.stat().st_size > 20_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_deployment_definitions_agree():
+    import yaml
+
+    from deployments.serve import build_deployments
+    from seqrec.config import build_config
+
+    spec = {d["name"]: d for d in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]}
+    assert spec["nightly"]["schedules"][0]["cron"] == "0 2 * * *" and spec["nightly"]["entrypoint"] == "flows/retrain.py:retrain_flow"
+    assert {d["work_pool"]["name"] for d in spec.values()} == {"seqrec-process"}
+    served = {d.name: d for d in build_deployments(build_config({"output": {"run_name": "nightly"}}))}
+    assert set(served) == set(spec)
+    assert served["nightly"].schedules[0].schedule.cron == spec["nightly"]["schedules"][0]["cron"]
+    assert served["new-partitions"].parameters == {"config": {"output": {"run_name": "nightly"}}}
+
+
+@pytest.mark.parametrize("first, last, ok", [(1082, 1083, True), (1083, 1083, True), (1084, 1083, False)])
+def test_backfill_day_range(first, last, ok):
+    from flows.retrain import with_day_range
+    from seqrec.config import ConfigError, build_config
+
+    cfg = build_config({"output": {"run_name": "nightly"}})
+    if not ok:  # an impossible range is refused before any work, naming both days
+        with pytest.raises(ConfigError, match=f"first_day={first} is after data.last_day={last}"):
+            with_day_range(cfg, first, last)
+        return
+    out = with_day_range(cfg, first, last)
+    assert (out.data.first_day, out.data.last_day) == (first, last)
+    assert out.output.run_name == f"nightly-backfill-{first}-{last}" and out.models == cfg.models
