@@ -61,3 +61,9 @@ deploy: $(STAMP)
 worker: $(STAMP)
 	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect worker start --pool seqrec-process --type process
 .PHONY: deploy
+
+RUN_DIR ?= outputs/demo
+DASHBOARD_PORT ?= 8050
+# Live dashboard at http://127.0.0.1:$(DASHBOARD_PORT)/ (replays $(RUN_DIR)/split/test.npz; Ctrl-C stops it).
+dashboard: $(STAMP)
+	$(BIN)/seqrec dashboard --run-dir $(RUN_DIR) --port $(DASHBOARD_PORT)

@@ -214,6 +214,15 @@ def cmd_features(args: argparse.Namespace) -> dict:
     return result
 
 
+def cmd_dashboard(args: argparse.Namespace) -> dict:
+    """Serve the live recommendation dashboard for a run directory until interrupted."""
+    from seqrec.dashboard.app import run_dashboard
+
+    run_dir = args.run_dir or config_from(args).output.run_dir
+    run_dashboard(Path(run_dir), host=args.host, port=args.port, k=args.k)
+    return {"run_dir": str(run_dir), "stopped": True}
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every sub-command."""
@@ -296,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--keep-seen", action="store_true", help="allow items already in the session")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("dashboard", help="live dashboard: replay the test split against a model; rolling HR/MRR, latency")
+    add_common(p, json_flag=False)
+    p.add_argument("--run-dir", type=Path, help="run directory with models/*.pt and split/test.npz (default: output.run_dir)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only; no authentication)")
+    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("-k", type=int, default=20, help="list length K for HR@K / MRR@K")
+    p.set_defaults(func=cmd_dashboard)
     return parser
 
 
