@@ -331,6 +331,19 @@ def one_line(err: BaseException) -> str:
     return " | ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
+def describe_run(result: dict) -> str:
+    """Return a pipeline run's summary: where the reports are, and Recall@20 / MRR@20 per model."""
+    lines = [f"seqrec pipeline finished in {result.get('seconds', 0)} s; run directory {result['run_dir']}", "Reports:"]
+    lines += [f"  {name:9s} {path}" for name, path in result["reports"].items()]
+    lines.append("Test metrics (full ranking, conservative ties):")
+    for model, m in sorted(result["metrics"].items(), key=lambda kv: -kv[1].get("recall@20", 0)):
+        lines.append(f"  {model:11s} Recall@20 {m.get('recall@20', float('nan')):.4f}  MRR@20 {m.get('mrr@20', float('nan')):.4f}")
+    return "\n".join(lines)
+
+
+HUMAN = {"run": describe_run}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -348,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     except known_errors() as err:  # evaluated only when an exception arrives: imports stay lazy
         print(f"seqrec: {type(err).__name__}: {one_line(err)}", file=sys.stderr)
         return 1
-    emit(result, getattr(args, "json", False))
+    emit(result, getattr(args, "json", False), HUMAN.get(args.command))
     return 0
 
 
