@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from seqrec.config import TrainingConfig
+from seqrec.config import TrainingConfig, config_to_dict
 from seqrec.io import atomic_path, load_checkpoint, save_checkpoint, write_json
 
 CHECKPOINT_FORMAT = 1
@@ -438,3 +438,17 @@ def fit_epochs(
     if loop.state.best_model is not None:
         module.load_state_dict(loop.state.best_model)
     return loop.state.history
+
+
+def neural_state(model) -> dict:
+    """Return a neural model's configs, vocabulary (list[str]) and CPU weights: loadable with ``weights_only=True``."""
+    if model.net is None:
+        raise RuntimeError(f"{type(model).__name__}.state_dict called before fit")
+    return {
+        "name": model.name,
+        "config": config_to_dict(model.cfg),
+        "training": config_to_dict(model.training),
+        "evaluation": config_to_dict(model.eval_cfg) if model.eval_cfg else None,
+        "vocab": [str(i) for i in model.vocab.ids],
+        "net": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
+    }

@@ -29,7 +29,7 @@ from torch import nn
 from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig, config_to_dict
 from seqrec.models.base import Recommender
 from seqrec.sequences import ItemVocab, SessionDataset
-from seqrec.training import (AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
+from seqrec.training import (neural_state, AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
                              set_seed, warm_start_embedding)
 
 
@@ -422,16 +422,7 @@ class GRU4Rec(Recommender):
 
     def state_dict(self) -> dict:
         """Return config dicts, vocabulary ids (list[str]) and CPU weights."""
-        if self.net is None:
-            raise RuntimeError("GRU4Rec.state_dict called before fit")
-        return {
-            "name": self.name,
-            "config": config_to_dict(self.cfg),
-            "training": config_to_dict(self.training),
-            "evaluation": config_to_dict(self.eval_cfg) if self.eval_cfg else None,
-            "vocab": [str(i) for i in self.vocab.ids],
-            "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-        }
+        return neural_state(self)
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device | None = None) -> "GRU4Rec":

@@ -30,6 +30,7 @@ from seqrec.config import EvaluationConfig, SasRecConfig, TrainingConfig, config
 from seqrec.models.base import Recommender
 from seqrec.sequences import PAD, ItemVocab, SessionDataset
 from seqrec.training import (
+    neural_state,
     TrainingHistory,
     autocast_for,
     configure_threads,
@@ -320,17 +321,7 @@ class SASRec(Recommender):
     # ----------------------------------------------------------------- persistence
     def state_dict(self) -> dict:
         """Return configs, vocabulary (list[str]) and CPU weights: loadable with ``weights_only=True``."""
-        if self.net is None:
-            raise RuntimeError("SASRec.state_dict called before fit")
-        return {
-            "name": self.name,
-            "config": config_to_dict(self.cfg),
-            "training": config_to_dict(self.training),
-            "evaluation": config_to_dict(self.eval_cfg) if self.eval_cfg else None,
-            "vocab": [str(i) for i in self.vocab.ids],
-            "net": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-            "history": self.history.to_dict() if self.history else None,
-        }
+        return {**neural_state(self), "history": self.history.to_dict() if self.history else None}
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device | None = None) -> "SASRec":
