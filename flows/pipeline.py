@@ -11,6 +11,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from seqrec.config import SeqrecConfig
+from seqrec.stages import fingerprint_raw_events, fingerprint_sessions
+from seqrec.stages_quality import fingerprint_raw_tables
 from tasks import data as D
 from tasks import features as F
 from tasks import models as M
@@ -27,8 +29,6 @@ def stage_dir(cfg: SeqrecConfig, name: str) -> str:
 def ingest_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Resolve (or generate) the raw data and load its event partitions into per-day files."""
     source = bind(D.resolve_data_root, config)(config)
-    from seqrec.stages import fingerprint_raw_events
-
     raw_fp = fingerprint_raw_events(source["root"], config.data)
     ingest = bind(D.ingest_events, config)(source["root"], raw_fp, config.data, stage_dir(config, "ingest"), code_version())
     return {"root": source["root"], **ingest}
@@ -40,7 +40,7 @@ def quality_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     code, out, root = code_version(), stage_dir(config, "quality"), ingested["root"]
     days = [bind(Q.validate_events_day, config).submit(d, "raw", config.quality, out, code, root, config.data.domains)
             for d in ingested["days"]]
-    tables = bind(Q.validate_tables, config)(root, tables_fingerprint(root), "raw", config.quality, config.data, out, code)
+    tables = bind(Q.validate_tables, config)(root, fingerprint_raw_tables(root), "raw", config.quality, config.data, out, code)
     return {"days": [d.result() for d in days], "tables": tables}
 
 
@@ -50,7 +50,7 @@ def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     code, out, qdir, root = code_version(), stage_dir(config, "clean"), stage_dir(config, "quality"), ingested["root"]
     futures = [bind(Q.clean_events_day, config).submit(d, config.cleaning, out, code) for d in ingested["days"]]
     days = [f.result() for f in futures]
-    fp = tables_fingerprint(root)
+    fp = fingerprint_raw_tables(root)
     tables = bind(Q.clean_tables, config)(root, fp, config.cleaning, config.data, out, code)
     gates = [bind(Q.validate_events_day, config).submit(d, "cleaned", config.quality, qdir, code, root, config.data.domains)
              for d in days]
@@ -60,15 +60,6 @@ def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     return cleaned
 
 
-def tables_fingerprint(root: str) -> str:
-    """Return a fingerprint of the raw non-event tables (names, sizes, mtimes)."""
-    from seqrec.io import fingerprint_files
-
-    base = Path(root)
-    files = [p for p in base.rglob("*.pq") if "events" not in p.parent.name or p.parent.parent.name == "payments"]
-    return fingerprint_files(files)
-
-
 @flow(name="features", log_prints=True)
 def features_flow(cleaned: dict, root: str, config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Build sessions, the item co-occurrence graph and (optionally) InfoNCE item embeddings."""
@@ -76,7 +67,7 @@ def features_flow(cleaned: dict, root: str, config: SeqrecConfig = SeqrecConfig(
     days = cleaned["days"]
     sessions = bind(F.sessionize_events, config)([d["path"] for d in days], [d["fingerprint"] for d in days],
                                                  f.sessions, stage_dir(config, "features/sessions"), code)
-    out = {"sessions": sessions, "fingerprint": sessions_fingerprint(days, f.sessions)}
+    out = {"sessions": sessions, "fingerprint": fingerprint_sessions(days, f.sessions)}
     if f.build_graph:
         out["graph"] = bind(F.build_item_graph, config)(sessions["sessions"], out["fingerprint"], root, f.graph, config.data,
                                                         stage_dir(config, "features/graph"), code)
@@ -84,13 +75,6 @@ def features_flow(cleaned: dict, root: str, config: SeqrecConfig = SeqrecConfig(
         out["embeddings"] = bind(F.train_item_embeddings, config)(out["graph"], f.embeddings, config.training,
                                                                   stage_dir(config, "features/embeddings"), code)
     return out
-
-
-def sessions_fingerprint(days: list[dict], cfg) -> str:
-    """Return a fingerprint of the sessionized data: cleaned days plus session settings."""
-    from seqrec.io import fingerprint_obj
-
-    return fingerprint_obj([[d["fingerprint"] for d in days], cfg.model_dump(mode="json")])
 
 
 @flow(name="train", log_prints=True)

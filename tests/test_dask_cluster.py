@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +13,7 @@ from typing import Iterator
 import pandas as pd
 import pytest
 
+from procs import process_group
 from seqrec.config import DataConfig, GeneratorConfig
 from seqrec.generate import generate_tecd
 
@@ -26,23 +25,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def process_group(args: list[str], log: Path) -> Iterator[subprocess.Popen]:
-    """Run ``args`` in its own process group; terminate (then kill) the whole group on exit."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield proc
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def wait_for_workers(address: str, n: int, procs: list[subprocess.Popen], timeout: float = 60) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Iterator
 
 import pytest
 
+from procs import process_group
 from seqrec.config import GeneratorConfig
 from seqrec.generate import generate_tecd
 
@@ -42,23 +42,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def process_group(args: list[str], env: dict, log: Path) -> Iterator[subprocess.Popen]:
-    """Run ``args`` in its own process group; terminate (then kill) the whole group on exit."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield proc
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -102,7 +85,7 @@ def server(tmp_path) -> Iterator[tuple[str, dict]]:
            "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_WORKER_QUERY_SECONDS": "2"}
     port = url.rsplit(":", 1)[1]
     log = tmp_path / "server.log"
-    with process_group([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port], env, log) as proc:
+    with process_group([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port], log, env=env, cwd=REPO) as proc:
         wait_healthy(url, proc, log)
         yield url, env
 
@@ -117,7 +100,7 @@ def test_deployment_runs_on_worker(server, tmp_path):
     assert "retrain/nightly" in deployed and "quality-check/new-partitions" in deployed and "backfill/on-demand" in deployed
     params = json.dumps({"config": {"data": {"root": str(root)}, "output": {"root": str(tmp_path / "out")}}})
     worker = [str(BIN / "prefect"), "worker", "start", "--pool", "seqrec-process", "--type", "process"]
-    with process_group(worker, env, tmp_path / "worker.log"):
+    with process_group(worker, tmp_path / "worker.log", env=env, cwd=REPO):
         done = subprocess.run([sys.executable, "-c", TRIGGER, "quality-check/new-partitions", params, "240"],
                               env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

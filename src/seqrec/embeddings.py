@@ -32,7 +32,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from seqrec import columns as C  # noqa: E402
 from seqrec.config import EmbeddingConfig  # noqa: E402
 from seqrec.graph import ItemGraph  # noqa: E402
-from seqrec.io import atomic_path  # noqa: E402
+from seqrec.io import atomic_path, write_figure  # noqa: E402
 from seqrec.sequences import ItemVocab  # noqa: E402
 
 
@@ -321,7 +321,4 @@ def plot_embedding_map(emb: ItemEmbeddings, path: Path | str, labels: pd.Series 
     ax.scatter(xy[:, 0], xy[:, 1], c=colour, s=3, cmap="tab20" if colour is not None else None, alpha=0.7)
     ax.set(xlabel="PC 1", ylabel="PC 2", title=f"item embeddings: {len(rows)} of {emb.vocab.size} items")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return write_figure(fig, path)

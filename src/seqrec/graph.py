@@ -35,7 +35,7 @@ import scipy.sparse as sp  # noqa: E402
 
 from seqrec import columns as C  # noqa: E402
 from seqrec.config import GraphConfig  # noqa: E402
-from seqrec.io import atomic_path, read_json, read_table, write_json, write_table  # noqa: E402
+from seqrec.io import atomic_path, read_json, read_table, write_figure, write_json, write_table  # noqa: E402
 from seqrec.sequences import ItemVocab  # noqa: E402
 
 TRANSACTION = "transaction_hash"
@@ -331,7 +331,4 @@ def plot_degree_distribution(graph: ItemGraph, path: Path | str) -> Path:
         ax.loglog(degree, ccdf, marker=".", linestyle="none", markersize=2)
     ax.set(xlabel="degree d", ylabel="share of nodes with degree >= d", title=f"{len(degree)} nodes, {len(graph.edges)} edges")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return write_figure(fig, path)

@@ -90,6 +90,16 @@ def write_bytes(data: bytes, dest: Path | str) -> Path:
     return Path(dest)
 
 
+def write_figure(fig, dest: Path | str, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG atomically, close it, and return its path."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(dest)
+
+
 def write_json(obj: Any, dest: Path | str) -> Path:
     """Write JSON atomically (sorted keys, indented); return its path."""
     return write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", dest)

@@ -288,3 +288,8 @@ def train_item_embeddings(graph: dict[str, Any], cfg, training, out_dir: str) ->
     plot = E.plot_embedding_map(emb, out / "embedding_map.png")
     return {"path": str(path), "items": emb.vocab.size, "dim": int(emb.vectors.shape[1]),
             "history": emb.history, "map": str(plot)}
+
+
+def fingerprint_sessions(days: list[dict[str, Any]], cfg: SessionConfig) -> str:
+    """Return a fingerprint of the sessionized data: the cleaned days' fingerprints plus session settings."""
+    return io.fingerprint_obj([[d["fingerprint"] for d in days], config_to_dict(cfg)])

@@ -26,6 +26,14 @@ SINGLE_TABLES = {"users": "users.pq", "brands": "brands.pq"}
 DAY_TABLES = {"payments": "payments/events", "receipts": "payments/receipts", "reviews": "reviews"}
 
 
+def fingerprint_raw_tables(root: str) -> str:
+    """Return a fingerprint (names, sizes, mtimes) of a raw root's non-event tables."""
+    base = Path(root)
+    single = [base / rel for rel in SINGLE_TABLES.values()] + list(base.glob("*/items.pq"))
+    days = [f for rel in DAY_TABLES.values() for f in (base / rel).glob("*.pq")]
+    return io.fingerprint_files(sorted(f for f in single + days if f.is_file()))
+
+
 def read_raw_tables(root: str, data: DataConfig) -> dict[str, pd.DataFrame]:
     """Return every non-event table present under a raw T-ECD root (embeddings repaired, lengths kept)."""
     from seqrec.reader import load_day_tables, read_table_safe

@@ -47,7 +47,7 @@ import torch
 from tqdm import tqdm
 
 from seqrec.config import TrainingConfig, config_to_dict
-from seqrec.io import atomic_path, load_checkpoint, save_checkpoint, write_json
+from seqrec.io import load_checkpoint, save_checkpoint, write_figure, write_json
 
 CHECKPOINT_FORMAT = 1
 Batch = Any
@@ -240,10 +240,7 @@ class TrainingHistory:
             twin.plot(epochs, self.valid_metric, marker="s", color="tab:orange", label=f"valid {self.metric_name}")
             twin.set_ylabel(f"valid {self.metric_name}")
         fig.legend(loc="upper center", ncols=2)
-        with atomic_path(png_path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
-        return json_path, png_path
+        return json_path, write_figure(fig, png_path)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -452,3 +449,16 @@ def neural_state(model) -> dict:
         "vocab": [str(i) for i in model.vocab.ids],
         "net": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
     }
+
+
+def make_validator(model, valid, eval_cfg, metric: str):
+    """Return a callable giving ``metric`` of ``model`` on ``valid``, or None without validation data."""
+    if valid is None:
+        return None
+    from seqrec.config import EvaluationConfig
+    from seqrec.evaluation import evaluate_model  # lazy: evaluation is not needed to train or score
+
+    if not np.array_equal(valid.vocab.ids, model.vocab.ids):
+        raise ValueError(f"{type(model).__name__}.fit: valid is encoded with another item vocabulary than train")
+    cfg = eval_cfg or EvaluationConfig()
+    return lambda: evaluate_model(model, valid, cfg).metrics[metric]

@@ -29,7 +29,7 @@ from torch import nn
 from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig, config_to_dict
 from seqrec.models.base import Recommender
 from seqrec.sequences import ItemVocab, SessionDataset
-from seqrec.training import (neural_state, AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
+from seqrec.training import (make_validator, neural_state, AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
                              set_seed, warm_start_embedding)
 
 
@@ -348,15 +348,8 @@ class GRU4Rec(Recommender):
         return torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
     def make_validate(self, valid: SessionDataset | None):
-        """Return a callable giving the validation metric, or None without validation data."""
-        if valid is None:
-            return None
-        from seqrec.evaluation import evaluate_model
-
-        if not np.array_equal(valid.vocab.ids, self.vocab.ids):
-            raise ValueError("GRU4Rec.fit: valid is encoded with another item vocabulary than train")
-        cfg = self.eval_cfg or EvaluationConfig()
-        return lambda: evaluate_model(self, valid, cfg).metrics[self.training.valid_metric]
+        """Return a callable giving ``training.valid_metric`` on ``valid``, or None without it."""
+        return make_validator(self, valid, self.eval_cfg, self.training.valid_metric)
 
     def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "GRU4Rec":
         """Train for ``cfg.epochs`` (early stopping on valid when given); return self."""

@@ -30,6 +30,7 @@ from seqrec.config import EvaluationConfig, SasRecConfig, TrainingConfig, config
 from seqrec.models.base import Recommender
 from seqrec.sequences import PAD, ItemVocab, SessionDataset
 from seqrec.training import (
+    make_validator,
     neural_state,
     TrainingHistory,
     autocast_for,
@@ -254,14 +255,7 @@ class SASRec(Recommender):
 
     def make_validate(self, valid: SessionDataset | None):
         """Return a callable giving ``training.valid_metric`` on ``valid``, or None without it."""
-        if valid is None:
-            return None
-        from seqrec.evaluation import evaluate_model  # lazy: evaluation is not needed to score
-
-        if not np.array_equal(valid.vocab.ids, self.vocab.ids):
-            raise ValueError("SASRec.fit: valid is encoded with another item vocabulary than train")
-        cfg = self.eval_cfg or EvaluationConfig()
-        return lambda: evaluate_model(self, valid, cfg).metrics[self.training.valid_metric]
+        return make_validator(self, valid, self.eval_cfg, self.training.valid_metric)
 
     def negative_log_probs(self, train: SessionDataset) -> torch.Tensor:
         """Return log sampling probabilities of negatives (V + 1,), -inf for padding and unsampled items."""
