@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	@(command -v npm >/dev/null && $(MAKE) -s datadocs-assets) || echo "npm unavailable: GX Data Docs will not be built"
 	$(BIN)/seqrec run --config configs/demo.yaml
 
 test: $(STAMP)
@@ -67,3 +68,12 @@ DASHBOARD_PORT ?= 8050
 # Live dashboard at http://127.0.0.1:$(DASHBOARD_PORT)/ (replays $(RUN_DIR)/split/test.npz; Ctrl-C stops it).
 dashboard: $(STAMP)
 	$(BIN)/seqrec dashboard --run-dir $(RUN_DIR) --port $(DASHBOARD_PORT)
+
+# The CDN assets of Great Expectations Data Docs, pinned in vendor/datadocs (seqrec.datadocs serves them locally).
+DATADOCS_STAMP := vendor/datadocs/node_modules/.installed
+$(DATADOCS_STAMP): vendor/datadocs/package-lock.json
+	npm ci --prefix vendor/datadocs --no-audit --no-fund
+	touch $(DATADOCS_STAMP)
+
+datadocs-assets: $(DATADOCS_STAMP)
+.PHONY: datadocs-assets

@@ -109,7 +109,8 @@ def pipeline_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
     features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
     trained = train_flow(features=features, config=config)
     evaluated = evaluate_flow(trained=trained, config=config)
-    reports = {"quality": cleaned["report"]["html"], **evaluated["report"]}
+    reports = {"quality": cleaned["report"]["html"], **evaluated["report"],
+               "data_docs_raw": quality["tables"]["data_docs"], "data_docs_cleaned": cleaned["checked_tables"]["data_docs"]}
     log.info("Reports: %s", reports)
     return {"reports": reports, "metrics": {r["model"]: r["metrics"] for r in evaluated["results"]},
             "run_dir": str(Path(config.output.run_dir).resolve())}

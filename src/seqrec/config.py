@@ -134,6 +134,9 @@ class QualityConfig(Section):
     production deployment overrides these maps; the suites stay the same.
     """
 
+    # Also build Great Expectations Data Docs (assets served locally: `make datadocs-assets`).
+    build_data_docs: bool = True
+
     on_cleaned_failure: Literal["fail", "warn"] = "fail"
     default_mostly: float = Field(1.0, ge=0, le=1)
     mostly: dict[str, float] = {}

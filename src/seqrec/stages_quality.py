@@ -84,7 +84,20 @@ def validate_tables(table_root: str, stage: str, quality: QualityConfig, data: D
     io.write_table(summary, out / f"{stage}_tables.parquet")
     io.write_table(measure_missingness(frames, stage), out / f"{stage}_tables_missing.parquet")
     return {"stage": stage, "tables": sorted(frames), "checks": len(summary),
-            "failed": int((~summary["success"].astype(bool)).sum()), "summary": str(out / f"{stage}_tables.parquet")}
+            "failed": int((~summary["success"].astype(bool)).sum()), "summary": str(out / f"{stage}_tables.parquet"),
+            "data_docs": build_docs_if_possible(frames, stage, quality, out / "datadocs" / stage, refs)}
+
+
+def build_docs_if_possible(frames: dict[str, pd.DataFrame], stage: str, quality: QualityConfig, out: Path, refs) -> str:
+    """Return the offline GX Data Docs index for ``frames``, or why they were not built."""
+    from seqrec.datadocs import ASSETS, build_data_docs
+
+    if not quality.build_data_docs:
+        return "not built: quality.build_data_docs is false"
+    if not ASSETS.is_dir():
+        logging.getLogger(__name__).warning("GX Data Docs skipped: %s missing (run `make datadocs-assets`)", ASSETS)
+        return f"not built: {ASSETS} is missing (run `make datadocs-assets`)"
+    return str(build_data_docs(frames, stage, quality, out, refs=refs))
 
 
 def events_by_domain(df: pd.DataFrame) -> dict[str, pd.DataFrame]:

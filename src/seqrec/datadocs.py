@@ -1,0 +1,242 @@
+"""Great Expectations Data Docs that render offline: the CDN assets are served from the site itself.
+
+GX 1.24's page templates load bootstrap, jquery, bootstrap-table, font-awesome and vega from
+CDNs, and its logo from S3; offline, the index table (filled by JavaScript) stays empty and the
+pass/fail icons are missing. ``build_data_docs`` validates tables with the seqrec suites through
+a Checkpoint with ``UpdateDataDocsAction``, then copies the pinned npm packages of
+``vendor/datadocs`` (``make datadocs-assets``) into ``<site>/static/vendor/`` and rewrites every
+asset URL of every page to a relative path. An asset URL with no local file is an error naming
+it: the site never keeps a silent network reference. Great Expectations is imported lazily.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import pandas as pd
+
+from expectations import suites as S
+from seqrec import io
+from seqrec.config import QualityConfig
+
+if TYPE_CHECKING:
+    from seqrec.quality import References
+
+# GX logs one INFO line per store and action; keep run logs readable.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+ASSETS = Path(__file__).resolve().parents[2] / "vendor" / "datadocs" / "node_modules"
+VENDOR_DIR = "static/vendor"  # under the site root
+GX_LOGO = "static/images/logo-long.png"  # GX copies its own static/images into every site
+
+# CDN URL (query string dropped) -> file under ``assets`` (the npm packages of vendor/datadocs),
+# or, prefixed "site:", a file GX already ships inside the site.
+CDN_FILES = {
+    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css": "bootstrap/dist/css/bootstrap.min.css",
+    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js": "bootstrap/dist/js/bootstrap.min.js",
+    "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css":
+        "@forevolve/bootstrap-dark/dist/css/bootstrap-prefers-dark.css",
+    "https://code.jquery.com/jquery-3.7.1.min.js": "jquery/dist/jquery.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js": "popper.js/dist/umd/popper.min.js",
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.css": "bootstrap-table/dist/bootstrap-table.min.css",
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js": "bootstrap-table/dist/bootstrap-table.min.js",
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/extensions/filter-control/bootstrap-table-filter-control.min.js":
+        "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.min.js",
+    # The templates ask for the 1.19.0 filter-control css: vendored as the npm alias bootstrap-table-1.19.0.
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css":
+        "bootstrap-table-1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.min.css",
+    "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css":
+        "bootstrap-table-1.19.0/dist/extensions/filter-control/bootstrap-table-filter-control.css",
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css":
+        "bootstrap-datepicker/dist/css/bootstrap-datepicker.min.css",
+    "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js":
+        "bootstrap-datepicker/dist/js/bootstrap-datepicker.min.js",
+    "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css": "@fortawesome/fontawesome-free/css/all.min.css",
+    # jsdelivr serves a bare package at its package.json "jsdelivr" entry (build/<name>.min.js).
+    "https://cdn.jsdelivr.net/npm/vega@5": "vega/build/vega.min.js",
+    "https://cdn.jsdelivr.net/npm/vega-lite@5": "vega-lite/build/vega-lite.min.js",
+    "https://cdn.jsdelivr.net/npm/vega-embed@6": "vega-embed/build/vega-embed.min.js",
+    "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png": "site:" + GX_LOGO,
+    # Dark-mode navbar logo (inline css); GX ships no local copy, so the light logo stands in.
+    "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/full_logo_dark.png": "site:" + GX_LOGO,
+}
+
+# Asset URLs in a page: src/href of script, link, img, source tags, and css url(...).
+_TAG = re.compile(r"<(?:script|link|img|source)\b[^>]*>", re.IGNORECASE)
+_ATTR_URL = re.compile(r"""\b(?:src|href)\s*=\s*(["']?)(https?://[^"'\s>]+)\1""", re.IGNORECASE)
+_CSS_URL = re.compile(r"""url\(\s*(["']?)(https?://[^"')\s]+)\1\s*\)""", re.IGNORECASE)
+_INTEGRITY = re.compile(r"""\s+(?:integrity\s*=\s*(["'])[^"']*\1|crossorigin(?:\s*=\s*(["'])[^"']*\2)?)""", re.IGNORECASE)
+_CSS_LOCAL_URL = re.compile(r"""url\(\s*(["']?)([^"')]+)\1\s*\)""")
+
+
+class DataDocsError(RuntimeError):
+    """Data Docs cannot be made self-contained; the message names the URL, page or file."""
+
+
+def strip_query(url: str) -> str:
+    """Return ``url`` without its query string and fragment (GX adds ``?d=<time>`` to its logo)."""
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+def find_asset_urls(html: str) -> list[str]:
+    """Return the http(s) URLs a page loads as assets (script/link/img/source src or href, css url())."""
+    urls = [m.group(2) for tag in _TAG.finditer(html) for m in _ATTR_URL.finditer(tag.group(0))]
+    return urls + [m.group(2) for m in _CSS_URL.finditer(html)]
+
+
+def localise_cdn_urls(html: str, mapping: dict[str, str]) -> str:
+    """Return ``html`` with every asset URL replaced by ``mapping[url without query]``; raise on an unmapped one.
+
+    Tags whose URL is rewritten lose ``integrity`` and ``crossorigin``: a file:// page cannot make
+    the CORS request they ask for (``build_data_docs`` checks the hashes before).
+    Navigation links (``<a href>``) are not assets and stay as they are.
+    """
+    missing = sorted({u for u in find_asset_urls(html) if strip_query(u) not in mapping})
+    if missing:
+        raise DataDocsError(f"no local file for asset URL(s): {', '.join(missing)}")
+
+    def swap(m: re.Match) -> str:
+        return m.group(0).replace(m.group(2), mapping[strip_query(m.group(2))])
+
+    def rewrite_tag(tag: re.Match) -> str:
+        text, n = _ATTR_URL.subn(swap, tag.group(0))
+        return _INTEGRITY.sub("", text) if n else text
+
+    return _CSS_URL.sub(swap, _TAG.sub(rewrite_tag, html))
+
+
+def find_integrity(html: str) -> dict[str, str]:
+    """Return {url without query: sri hash} for the tags of ``html`` that carry an ``integrity`` attribute."""
+    out = {}
+    for tag in _TAG.finditer(html):
+        sri = re.search(r"""integrity\s*=\s*["']([^"']+)["']""", tag.group(0))
+        url = _ATTR_URL.search(tag.group(0))
+        if sri and url:
+            out[strip_query(url.group(2))] = sri.group(1)
+    return out
+
+
+def check_integrity(path: Path, sri: str, url: str) -> None:
+    """Raise DataDocsError unless the file at ``path`` matches one of the subresource-integrity hashes."""
+    data = path.read_bytes()
+    for token in sri.split():
+        algo, _, expected = token.partition("-")
+        if base64.b64encode(hashlib.new(algo, data).digest()).decode() == expected:
+            return
+    raise DataDocsError(f"{path} does not match the integrity hash {sri} that the page gives for {url}")
+
+
+def copy_asset(source: Path, dest: Path) -> None:
+    """Copy one asset, and for a css file the relative files its ``url()`` refers to (font-awesome webfonts)."""
+    if not source.is_file():
+        raise DataDocsError(f"asset file {source} is missing: run `make datadocs-assets`")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, dest)
+    if source.suffix != ".css":
+        return
+    for m in _CSS_LOCAL_URL.finditer(source.read_text(encoding="utf-8")):
+        ref = strip_query(m.group(2))
+        if ref.startswith(("data:", "#")):
+            continue
+        if re.match(r"^[a-z]+:", ref, re.IGNORECASE) or ref.startswith("//"):
+            raise DataDocsError(f"{source} loads {ref} from the network")
+        if not (dest.parent / ref).is_file():
+            copy_asset((source.parent / ref).resolve(), (dest.parent / ref).resolve())
+
+
+def vendor_site_assets(site: Path, assets: Path) -> dict[str, str]:
+    """Copy every file of ``CDN_FILES`` into the site; return {CDN URL: path relative to the site root}."""
+    mapping = {}
+    for url, rel in CDN_FILES.items():
+        if rel.startswith("site:"):
+            mapping[url] = rel.removeprefix("site:")
+            if not (site / mapping[url]).is_file():
+                raise DataDocsError(f"{site / mapping[url]} (local copy of {url}) is missing from the site")
+            continue
+        mapping[url] = f"{VENDOR_DIR}/{rel}"
+        copy_asset(assets / rel, site / mapping[url])
+    return mapping
+
+
+def localise_site(site: Path, assets: Path) -> list[Path]:
+    """Make a Data Docs site self-contained: vendor the assets and rewrite every page; return the pages."""
+    mapping = vendor_site_assets(site, assets)
+    pages = sorted(site.rglob("*.html"))
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        for url, sri in find_integrity(html).items():
+            if url in mapping:
+                check_integrity(site / mapping[url], sri, url)
+        up = "../" * (len(page.relative_to(site).parts) - 1)
+        try:
+            io.write_text(localise_cdn_urls(html, {u: up + p for u, p in mapping.items()}), page)
+        except DataDocsError as err:
+            raise DataDocsError(f"{page}: {err}") from err
+    return pages
+
+
+def add_checkpoint(ctx, table: str, stage: str, params: QualityConfig, skipped: dict[str, str]):
+    """Return a new Checkpoint validating one table's suite, with ``UpdateDataDocsAction``."""
+    import great_expectations as gx
+
+    name = f"{table}.{stage}"
+    batch = ctx.data_sources.add_pandas(name).add_dataframe_asset(table).add_batch_definition_whole_dataframe("whole")
+    suite = ctx.suites.add(S.build_suite(table, stage, params, skipped))
+    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")]
+    return ctx.checkpoints.add(gx.Checkpoint(name=name, validation_definitions=[vd], actions=actions,
+                                             result_format="SUMMARY"))
+
+
+def validate_into_docs(ctx, frames: dict[str, pd.DataFrame], stage: str, params: QualityConfig,
+                       refs: "References | None") -> None:
+    """Run one Checkpoint per table (its own frame and thresholds); raise QualityError when a check errors."""
+    from seqrec.quality import _GX_SETUP, add_check_columns, check_columns_present, raise_if_errored
+
+    for table, df in frames.items():
+        frame, skipped = add_check_columns(df, table, stage, params, refs)
+        check_columns_present(frame, table, stage, params, skipped)
+        with _GX_SETUP:
+            checkpoint = add_checkpoint(ctx, table, stage, params, skipped)
+        result = checkpoint.run(batch_parameters={"dataframe": frame},
+                                expectation_parameters=S.suite_parameters(table, stage, params, skipped))
+        for run in result.run_results.values():
+            for res in run.results:
+                raise_if_errored(res, table, (res.expectation_config.meta or {}).get("check"),
+                                 res.expectation_config.kwargs.get("column"))
+
+
+def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: QualityConfig, out_dir: Path,
+                    assets: Path = ASSETS, refs: "References | None" = None) -> Path:
+    """Validate ``frames`` into GX Data Docs that render offline; return the site's index.html.
+
+    The GX project lives in ``out_dir/gx`` and is rebuilt from scratch on every call (a file-mode
+    context keeps its data sources, and older pages would keep their CDN URLs). ``refs`` feeds the
+    referential checks, as in ``seqrec.quality.validate_table``; without it they are skipped.
+    """
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    from seqrec.quality import _GX_SETUP
+
+    if not assets.is_dir():
+        raise DataDocsError(f"asset directory {assets} is missing: run `make datadocs-assets`")
+    root = Path(out_dir) / "gx"
+    if root.exists():  # a rebuild starts from scratch: old pages would keep the CDN URLs of a previous GX
+        shutil.rmtree(root)
+    with _GX_SETUP:
+        ctx = gx.get_context(mode="file", project_root_dir=str(out_dir))  # GX makes out_dir/gx
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    validate_into_docs(ctx, frames, stage, params, refs)
+    site_url = ctx.get_docs_sites_urls()[0]["site_url"]  # file:///.../data_docs/local_site/index.html
+    index = Path(url2pathname(urlparse(site_url).path))
+    localise_site(index.parent, assets)
+    return index
