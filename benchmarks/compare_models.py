@@ -76,7 +76,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="YAML config (e.g. configs/tuned_generated.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--results", type=Path, help="append every result as a JSON line to this file")
+    p.add_argument("--summarize", type=Path, help="only print the table of a --results file for --work-dir and "
+                   "--mode (last row per model and tag) and exit")
     return p.parse_args(argv)
+
+
+def summarize(path: Path, work_dir: Path, mode: str) -> int:
+    """Print the table of every result recorded for ``work_dir`` / ``mode`` (latest per model and tag)."""
+    latest: dict[tuple, dict] = {}
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        if Path(row["work_dir"]) == Path(work_dir) and row["mode"] == mode:
+            latest[(row["model"], row.get("tag", ""))] = row
+    rows = list(latest.values())
+    for r in rows:
+        r["model"] = r["model"] + (f" [{r['tag']}]" if r.get("tag") else "")
+    base = [r for r in rows if r["model"] in BASELINES]
+    best = {k: (max(base, key=lambda r: r[k])["model"], max(r[k] for r in base)) for k in ("recall@20", "mrr@20")} if base else {}
+    print(f"## {mode} part: {work_dir}\n")
+    print(markdown(rows, best))
+    print(json.dumps({"mode": mode, "work_dir": str(work_dir), "rows": rows, "best_baseline": best}, default=str, sort_keys=True))
+    return 0
 
 
 # --------------------------------------------------------------------------- data
@@ -222,7 +242,7 @@ def markdown(rows: list[dict], baseline_best: dict) -> str:
         lines.append(f"Best baseline: Recall@20 {baseline_best['recall@20'][1]:.4f} ({baseline_best['recall@20'][0]}), "
                      f"MRR@20 {baseline_best['mrr@20'][1]:.4f} ({baseline_best['mrr@20'][0]})")
         for r in rows:
-            if r["model"] in ("gru4rec", "sasrec"):
+            if r["model"].split(" ")[0] in ("gru4rec", "sasrec"):
                 ok = {k: r[k] > baseline_best[k][1] for k in ("recall@20", "mrr@20")}
                 lines.append(f"- {r['model']}: beats best baseline on Recall@20: {'yes' if ok['recall@20'] else 'NO'}, "
                              f"on MRR@20: {'yes' if ok['mrr@20'] else 'NO'}")
@@ -231,6 +251,8 @@ def markdown(rows: list[dict], baseline_best: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        return summarize(args.summarize, args.work_dir, args.mode)
     if sum(x is not None for x in (args.tecd_root, args.link_events, args.train)) != 1:
         raise SystemExit("give exactly one of --tecd-root, --link-events, --train/--test")
     cfg = load_config(args.config, args.set)
