@@ -73,6 +73,15 @@ def test_left_and_right_padding_do_not_change_real_outputs(norm):
     torch.testing.assert_close(right[:3], bare)
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_last_only_forward_equals_the_last_position_of_the_full_forward(norm):
+    net = fresh_net(TINY.model_copy(update={"norm": norm, "blocks": 2}))
+    seq = torch.tensor([[0, 0, 4, 8, 2], [3, 1, 4, 1, 5]])  # (2, 5) left-padded and full rows
+    last = net(seq, last_only=True)  # (2, 1, D): the last block computes one position
+    assert last.shape == (2, 1, TINY.dim)
+    torch.testing.assert_close(last[:, 0], net(seq)[:, -1])
+
+
 def test_tied_output_shares_storage_and_untied_does_not():
     tied, untied = fresh_net(), fresh_net(TINY.model_copy(update={"tied": False}))
     assert tied.output_weight().data_ptr() == tied.item_emb.weight.data_ptr()

@@ -6,10 +6,13 @@ left with no known item gets an empty recommendation list and is counted too (mo
 at least one item). Both counts are attributes of the returned ``Recommendations`` list and
 are logged as a warning when non-zero.
 
-The hot path is array code: sessions are encoded once, scored ``batch_size`` rows at a time
-with ``model.score_last`` (B, V + 1), and cut with one ``torch.topk`` per batch. Seen items
-are excluded without writing into the score matrix: take the top ``k + L + 1`` (L = the
-batch's width, + 1 for padding), drop banned candidates, keep the first ``k``.
+The hot path is array code: sessions are encoded once and handled ``batch_size`` rows at a
+time. Dot-product models (``Recommender.output_layer``) never materialise the score matrix:
+their query vectors go to a cached ``seqrec.topk.DotProductIndex`` (blocked scoring into a
+reused buffer, group-max pruned exact top-k). Other models
+give ``score_last`` (B, V + 1), cut by ``seqrec.topk.group_topk``; seen items are excluded
+without writing into the score matrix: take the top ``k + L + 1`` (L = the batch's width,
++ 1 for padding), drop banned candidates, keep the first ``k``.
 
 A model file is a ``weights_only`` torch checkpoint: ``model.state_dict()`` plus a
 ``model_type`` key naming the class (``Recommender.name``). Classes are found in
@@ -24,6 +27,7 @@ import importlib
 import logging
 import pickle
 import re
+import weakref
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -36,12 +40,14 @@ import torch
 from seqrec.io import load_checkpoint, save_checkpoint
 from seqrec.models.base import Recommender
 from seqrec.sequences import PAD, ItemVocab
+from seqrec.topk import DotProductIndex, group_topk
 
 log = logging.getLogger(__name__)
 
 MODEL_MODULES = ("seqrec.models.sasrec", "seqrec.models.gru4rec", "seqrec.models.baselines", "seqrec.models.bprmf")
 MODEL_TYPES: dict[str, type[Recommender]] = {}
 _VOCAB_INDEX: dict[int, tuple[np.ndarray, pd.Index]] = {}  # id(vocab.ids) -> (ids, hashed index)
+_DOT_INDEX: "weakref.WeakKeyDictionary[Recommender, tuple[tuple, DotProductIndex]]" = weakref.WeakKeyDictionary()
 
 
 class Recommendations(list):
@@ -154,7 +160,7 @@ def encode_sessions(sessions: Sequence[Sequence[str]] | Sequence[np.ndarray], vo
 def top_k_unseen(scores: torch.Tensor, items: torch.Tensor, k: int, exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (indices (B, k) int64, scores (B, k)) of the best items, never padding; 0 / -inf where none is left."""
     n = min(k + 1 + (items.shape[1] if exclude_seen else 0), scores.shape[1])
-    values, idx = torch.topk(scores, n, dim=1)  # (B, n)
+    values, idx = group_topk(scores, n)  # (B, n)
     banned = idx == PAD  # (B, n)
     if exclude_seen:
         banned |= (idx[:, :, None] == items[:, None, :]).any(-1)  # (B, n, L) -> (B, n)
@@ -163,10 +169,32 @@ def top_k_unseen(scores: torch.Tensor, items: torch.Tensor, k: int, exclude_seen
     return idx.gather(1, order).masked_fill(banned, PAD), values.gather(1, order).masked_fill(banned, float("-inf"))
 
 
+def dot_product_index(model: Recommender) -> DotProductIndex | None:
+    """Return the model's cached ``DotProductIndex`` (rebuilt when its weights change), or None for other models."""
+    layer = model.output_layer()
+    if layer is None:
+        return None
+    weight, bias = layer
+    key = (weight.data_ptr(), weight._version, None if bias is None else (bias.data_ptr(), bias._version))
+    cached = _DOT_INDEX.get(model)
+    if cached is None or cached[0] != key:
+        cached = _DOT_INDEX[model] = (key, DotProductIndex(weight, bias))
+    return cached[1]
+
+
 def recommend_topk(
     model: Recommender, items: np.ndarray, lengths: np.ndarray, k: int = 10, exclude_seen: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (dense indices (B, k) int64, scores (B, k) float32) for encoded sessions, all of length >= 1."""
+    index = dot_product_index(model)
+    if index is not None:
+        if not 0 < k < index.n_items:
+            raise ValueError(f"k={k} must be between 1 and the catalogue size {index.n_items - 1}")
+        banned = torch.as_tensor(items) if exclude_seen else None  # (B, L); padding (0) is banned anyway
+        values, idx = index.search(model.query_vectors(items, lengths), k, banned)
+        none_left = values == float("-inf")  # (B, k) fewer than k allowed items (before the activation maps -inf)
+        values = model.final_activation(values).float().masked_fill(none_left, float("-inf"))
+        return idx.masked_fill(none_left, PAD).cpu().numpy(), values.cpu().numpy()
     scores = np.asarray(model.score_last(items, lengths), dtype=np.float32)  # (B, V + 1)
     if scores.ndim != 2 or len(scores) != len(lengths):
         raise ValueError(f"{type(model).__name__}.score_last returned {scores.shape} for {len(lengths)} sessions")

@@ -10,6 +10,11 @@ Scoring contract (used by evaluation and by ``recommend``):
 
 Models that see the whole prefix at once (SASRec) override ``score_last`` for speed;
 recurrent models carry state in ``score_steps`` (the GRU4Rec protocol).
+
+Dot-product models (GRU4Rec, SASRec, BPR-MF) also expose their output layer: scores are
+``act(query_vectors(items, lengths) @ W.T + bias)`` with ``(W, bias) = output_layer()`` and a
+monotone increasing ``act`` (``final_activation``), so ``recommend`` can take the exact top-k
+with ``seqrec.topk.DotProductIndex`` without materialising the full score matrix.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from abc import ABC, abstractmethod
 from typing import Iterator
 
 import numpy as np
+
+import torch
 
 from seqrec.sequences import ItemVocab, SessionDataset
 
@@ -46,6 +53,18 @@ class Recommender(ABC):
             out[rows] = scores[rows]
         assert out is not None, "score_last needs at least one item per row"
         return out
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Return (item matrix W (V + 1, D), bias (V + 1,) or None) of a dot-product scorer; None for other models."""
+        return None
+
+    def query_vectors(self, items: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """Return the (B, D) float32 vectors that ``output_layer`` scores (dot-product models only)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a dot-product scorer")
+
+    def final_activation(self, scores: torch.Tensor) -> torch.Tensor:
+        """Return scores after the model's monotone increasing output activation (identity by default)."""
+        return scores
 
     def state_dict(self) -> dict:
         """Return the fitted state as tensors/arrays/primitives (safe to save)."""

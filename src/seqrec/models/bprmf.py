@@ -103,16 +103,21 @@ class BPRMF(Recommender):
             total += q[x[:, t]]  # padding rows add q[0]; their scores are ignored
             yield ((total / (t + 1)) @ q.T + b).numpy()  # (B, V + 1)
 
-    def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Return <mean item factor of each whole 0-padded prefix, q_i> + b_i (B, V + 1)."""
+    def query_vectors(self, items: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """Return the mean item factor (B, F) of each whole 0-padded prefix."""
         if self.item_factors is None:
             raise RuntimeError(f"{self.name}: score called before fit")
-        q, b = self.item_factors, self.item_bias  # (V + 1, F), (V + 1,)
-        x = torch.as_tensor(items)  # (B, L)
-        n = torch.as_tensor(lengths)  # (B,)
+        x, n = torch.as_tensor(items), torch.as_tensor(lengths)  # (B, L), (B,)
         mask = (torch.arange(x.shape[1])[None, :] < n[:, None]).float()  # (B, L)
-        mean = (q[x] * mask[:, :, None]).sum(1) / n[:, None].float()  # (B, F)
-        return (mean @ q.T + b).numpy()  # (B, V + 1)
+        return (self.item_factors[x] * mask[:, :, None]).sum(1) / n[:, None].float()  # (B, F)
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the item factors (V + 1, F) and item biases (V + 1,)."""
+        return self.item_factors, self.item_bias
+
+    def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Return <mean item factor of each whole 0-padded prefix, q_i> + b_i (B, V + 1)."""
+        return (self.query_vectors(items, lengths) @ self.item_factors.T + self.item_bias).numpy()  # (B, V + 1)
 
     def state_dict(self) -> dict:
         """Return config, item factors and item biases."""

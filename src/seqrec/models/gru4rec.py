@@ -413,6 +413,42 @@ class GRU4Rec(Recommender):
         finally:
             net.train(was_training)
 
+    @torch.no_grad()
+    def query_vectors(self, items: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """Return the top-layer state (B, h) float32 after each row's whole prefix (state from zero)."""
+        if self.net is None:
+            raise RuntimeError("GRU4Rec.query_vectors called before fit or from_state_dict")
+        net, c = self.net, self.cfg
+        was_training, x = net.training, torch.as_tensor(np.asarray(items), dtype=torch.int64, device=self.device)  # (B, T)
+        last = torch.as_tensor(np.asarray(lengths), dtype=torch.int64, device=self.device) - 1  # (B,)
+        net.eval()
+        try:
+            hidden = torch.zeros(c.layers, x.shape[0], c.hidden, device=self.device)  # (L, B, h)
+            out = torch.zeros(x.shape[0], c.hidden, device=self.device)  # (B, h)
+            for t in range(int(last.max()) + 1 if len(last) else 0):
+                with autocast_for(self.training, self.device):
+                    hidden = net(x[:, t], hidden).float()  # (L, B, h)
+                done = last == t
+                out[done] = hidden[-1][done]
+            return out
+        finally:
+            net.train(was_training)
+
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the output item matrix Wy (V + 1, h) and bias By (V + 1,)."""
+        return self.net.Wy.detach(), self.net.By.detach()[:, 0]
+
+    def final_activation(self, scores: torch.Tensor) -> torch.Tensor:
+        """Return scores through the configured (monotone) final activation."""
+        return self.net.final_activation(scores)
+
+    def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Return full-catalogue scores (B, n_items + 1) after each row's prefix: the catalogue is scored once."""
+        with torch.no_grad():
+            scores = self.net.score_all(self.query_vectors(items, lengths)).float()  # (B, V)
+        scores[:, 0] = -math.inf
+        return scores.cpu().numpy()
+
     def state_dict(self) -> dict:
         """Return config dicts, vocabulary ids (list[str]) and CPU weights."""
         return neural_state(self)

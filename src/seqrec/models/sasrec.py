@@ -65,13 +65,16 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, n_queries: int = 0) -> torch.Tensor:
+        """Return (B, Q, D) for the last Q = ``n_queries`` positions (0: all L) attending over all of x (B, L, D)."""
         B, L, D = x.shape
+        Q = n_queries or L
         q, k, v = self.qkv(x).split(D, dim=2)  # 3 x (B, L, D)
-        q, k, v = (t.view(B, L, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+        q = q[:, L - Q :]  # (B, Q, D)
+        q, k, v = (t.reshape(B, -1, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, H, ·, Dh)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, L, Dh)
-        return self.proj(y.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, :, L - Q :], dropout_p=p)  # (B, H, Q, Dh)
+        return self.proj(y.transpose(1, 2).reshape(B, Q, D))  # (B, Q, D)
 
 
 class Block(nn.Module):
@@ -83,11 +86,13 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, n_queries: int = 0) -> torch.Tensor:
+        """Return the block's output (B, Q, D) for the last ``n_queries`` positions (0: all)."""
+        res = x[:, x.shape[1] - (n_queries or x.shape[1]) :]  # (B, Q, D) residual stream of the kept positions
         if self.pre:
-            x = x + self.drop(self.attn(self.ln1(x), mask))  # (B, L, D)
+            x = res + self.drop(self.attn(self.ln1(x), mask, n_queries))  # (B, Q, D)
             return x + self.drop(self.ffn(self.ln2(x)))
-        x = self.ln1(x + self.drop(self.attn(x, mask)))  # (B, L, D)
+        x = self.ln1(res + self.drop(self.attn(x, mask, n_queries)))  # (B, Q, D)
         return self.ln2(x + self.drop(self.ffn(x)))
 
 
@@ -110,15 +115,18 @@ class SasRecNet(nn.Module):
         """Return the item output matrix (V + 1, D): the input embeddings when tied."""
         return self.item_emb.weight if self.out is None else self.out
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """Return hidden states (B, L, D) for item sequences (B, L) padded with 0 anywhere."""
+    def forward(self, seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Return hidden states (B, L, D) for item sequences (B, L) padded with 0 anywhere; (B, 1, D) ``last_only``.
+
+        ``last_only``: the last block computes only the last position (all a next-item query needs).
+        """
         assert seq.shape[1] <= self.pos_emb.num_embeddings, f"sequence length {seq.shape[1]} > max_len"
         real = (seq != PAD).unsqueeze(-1)  # (B, L, 1)
         x = self.drop(self.item_emb(seq) + self.pos_emb(item_positions(seq))) * real  # (B, L, D)
         mask = attention_mask(seq)  # (B, 1, L, L)
-        for block in self.blocks:
-            x = block(x, mask)  # (B, L, D)
-        return self.ln_f(x)  # (B, L, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, 1 if last_only and i == len(self.blocks) - 1 else 0)  # (B, L, D) or (B, 1, D)
+        return self.ln_f(x)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -282,26 +290,34 @@ class SASRec(Recommender):
 
     # ----------------------------------------------------------------- scoring
     @torch.no_grad()
-    def score_hidden(self, seq: torch.Tensor) -> torch.Tensor:
-        """Return hidden states (B, L, D) as float32, in eval mode (autocast on CUDA)."""
+    def score_hidden(self, seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Return hidden states (B, L, D) as float32 ((B, 1, D) ``last_only``), in eval mode (autocast on CUDA)."""
         if self.net is None:
             raise RuntimeError("SASRec is not fitted: call fit() or SASRec.from_state_dict() first")
         self.net.eval()
         with autocast_for(self.training, self.device):
-            return self.net(seq.to(self.device)).float()
+            return self.net(seq.to(self.device), last_only).float()
 
     @torch.no_grad()
     def scores_from_hidden(self, hidden: torch.Tensor) -> np.ndarray:
         """Return item scores (B, V + 1) float32 for hidden states (B, D)."""
         return (hidden @ self.net.output_weight().float().T).cpu().numpy()
 
-    def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Return next-item scores (B, V + 1) after each row's prefix, in one forward pass."""
+    def query_vectors(self, items: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """Return the hidden state (B, D) float32 at each row's last item (its last max_len items seen)."""
         items, lengths = torch.as_tensor(items), torch.as_tensor(lengths)  # (B, L), (B,)
         if len(lengths) and int(lengths.min()) < 1:
-            raise ValueError(f"SASRec.score_last: a row has length {int(lengths.min())}; every row needs >= 1 item")
+            raise ValueError(f"SASRec: a row has length {int(lengths.min())}; every row needs >= 1 item")
         seq = right_align(items, lengths, min(items.shape[1], self.cfg.max_len))  # (B, W) left-padded
-        return self.scores_from_hidden(self.score_hidden(seq)[:, -1])  # (B, V + 1)
+        return self.score_hidden(seq, last_only=True)[:, -1]  # (B, D)
+
+    def output_layer(self) -> tuple[torch.Tensor, None]:
+        """Return the item output matrix (V + 1, D); SASRec has no output bias."""
+        return self.net.output_weight().detach(), None
+
+    def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Return next-item scores (B, V + 1) after each row's prefix, in one forward pass."""
+        return self.scores_from_hidden(self.query_vectors(items, lengths))  # (B, V + 1)
 
     def score_steps(self, items: np.ndarray, lengths: np.ndarray) -> Iterator[np.ndarray]:
         """Yield next-item scores (B, V + 1) after each position: one forward for the first max_len."""
@@ -310,7 +326,7 @@ class SASRec(Recommender):
         for t in range(hidden.shape[1]):
             yield self.scores_from_hidden(hidden[:, t])
         for t in range(M, items.shape[1]):  # beyond max_len each step sees its own last-M window
-            yield self.scores_from_hidden(self.score_hidden(items[:, t - M + 1 : t + 1])[:, -1])
+            yield self.scores_from_hidden(self.score_hidden(items[:, t - M + 1 : t + 1], last_only=True)[:, -1])
 
     # ----------------------------------------------------------------- persistence
     def state_dict(self) -> dict:

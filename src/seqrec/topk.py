@@ -1,0 +1,72 @@
+"""Exact top-k over a large catalogue: group-max pruning, and blocked dot-product scoring.
+
+* ``group_topk``: top-k of score rows (n, V) seen as groups of ``GROUP`` columns. The k best
+  items lie in at most k groups, and those groups are among the k groups with the highest
+  maxima; so one max-reduction over the row (a streaming pass) plus a top-k over the
+  V / GROUP maxima and one over k·GROUP candidates replace the top-k over V columns. Exact:
+  the same items as ``torch.topk`` up to the order of equal scores.
+* ``DotProductIndex``: top-k of ``q @ W.T + b`` (the output layer of GRU4Rec, SASRec, BPR-MF)
+  for a batch of queries, ``chunk`` rows at a time, so the (chunk, V) score block is reused
+  and stays small instead of a (B, V) matrix per call; banned items (already seen, padding)
+  get -inf in the block before selection.
+
+A row with fewer than k allowed items returns -inf scores in its last slots (callers map
+them to padding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+GROUP = 64  # columns per group for the group-max pruning
+
+
+def group_columns(groups: torch.Tensor) -> torch.Tensor:
+    """Return the column indices (n, g·GROUP) of groups (n, g)."""
+    n, g = groups.shape
+    return (groups[:, :, None] * GROUP + torch.arange(GROUP, device=groups.device)).view(n, g * GROUP)
+
+
+def group_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (values (n, k), column indices (n, k)) of each row's k largest scores; exact."""
+    n, width = scores.shape
+    full = width // GROUP * GROUP  # columns in whole groups; the rest are always candidates
+    if k * GROUP * 4 > full or scores.stride(1) != 1:  # few groups: the plain top-k is as fast
+        return torch.topk(scores, k, dim=1)
+    groups_view = scores.as_strided((n, full // GROUP, GROUP), (scores.stride(0), GROUP, 1))  # (n, G, GROUP)
+    cols = group_columns(torch.topk(groups_view.amax(2), k, dim=1).indices)  # (n, k·GROUP) the groups holding the k best
+    if full < width:
+        cols = torch.cat([cols, torch.arange(full, width, device=scores.device).expand(n, -1)], 1)
+    values, pos = torch.topk(scores.gather(1, cols), k, dim=1)  # (n, k)
+    return values, cols.gather(1, pos)
+
+
+class DotProductIndex:
+    """Exact top-k of ``q @ W.T + b`` over a fixed item matrix W (V, D); ``banned_columns`` are never returned."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, chunk: int = 32,
+                 banned_columns: tuple[int, ...] = (0,)):
+        self.n_items, dim = weight.shape
+        self.device = weight.device
+        self.wt = weight.detach().float().T.contiguous()  # (D, V)
+        self.b = torch.zeros(self.n_items, device=self.device) if bias is None else bias.detach().float().reshape(-1).clone()
+        self.b[list(banned_columns)] = -math.inf  # (V,)
+        self.chunk = chunk
+
+    def search(self, q: torch.Tensor, k: int, banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (scores (B, k) float32, item indices (B, k) int64) of the best non-banned items per query row."""
+        if not 0 < k <= self.n_items:
+            raise ValueError(f"k={k} must be between 1 and the catalogue size {self.n_items}")
+        q = q.detach().float().to(self.device)  # (B, D)
+        values = torch.empty(len(q), k, device=self.device)
+        index = torch.empty(len(q), k, dtype=torch.int64, device=self.device)
+        block = torch.empty(min(self.chunk, len(q)), self.n_items, device=self.device)  # (chunk, V) reused
+        for start in range(0, len(q), self.chunk):
+            rows = slice(start, start + self.chunk)
+            scores = torch.addmm(self.b, q[rows], self.wt, out=block[: len(q[rows])])  # (n, V)
+            if banned is not None:
+                scores.scatter_(1, banned[rows].to(self.device), -math.inf)
+            values[rows], index[rows] = group_topk(scores, k)
+        return values, index

@@ -1,0 +1,80 @@
+"""Exact top-k: group-max pruning and the blocked dot-product index give torch.topk's answer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from seqrec.config import BprMfConfig, Gru4RecConfig, TrainingConfig
+from seqrec.models.bprmf import BPRMF
+from seqrec.models.gru4rec import GRU4Rec
+from seqrec.recommend import recommend_topk, top_k_unseen
+from seqrec.sequences import ItemVocab, SessionDataset
+from seqrec.topk import GROUP, DotProductIndex, group_topk
+
+torch.set_num_threads(1)
+
+
+def brute_force(q, w, b, k, banned=None):
+    """Return torch.topk of the full fp32 score matrix, padding column 0 and banned items at -inf."""
+    scores = q @ w.T + (0 if b is None else b)
+    scores[:, 0] = -math.inf
+    if banned is not None:
+        scores.scatter_(1, banned, -math.inf)
+    return torch.topk(scores, k, dim=1)
+
+
+def test_group_topk_equals_torch_topk_with_a_partial_last_group():
+    scores = torch.randn(7, 40 * GROUP + 17, generator=torch.Generator().manual_seed(0))  # 17 columns in no group
+    scores[3, -1] = 100.0  # the best item of row 3 sits in the partial tail
+    values, idx = group_topk(scores, 6)
+    ref_values, ref_idx = torch.topk(scores, 6, dim=1)
+    assert torch.equal(values, ref_values) and torch.equal(idx, ref_idx)
+    assert idx[3, 0] == scores.shape[1] - 1
+
+
+def test_dot_product_index_is_exact_with_banned_items():
+    gen = torch.Generator().manual_seed(1)
+    w, b = torch.randn(3001, 32, generator=gen), torch.randn(3001, generator=gen)
+    q = torch.randn(150, 32, generator=gen)
+    banned = torch.randint(0, 3001, (150, 12), generator=gen)
+    values, idx = DotProductIndex(w, b, chunk=64).search(q, 10, banned)
+    ref_values, ref_idx = brute_force(q, w, b, 10, banned)
+    assert torch.equal(idx.sort(1).values, ref_idx.sort(1).values)
+    torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_with_fewer_allowed_items_than_k_end_in_minus_infinity():
+    w = torch.eye(5)  # items 1..4 (0 is padding)
+    q = torch.ones(1, 5)
+    values, idx = DotProductIndex(w).search(q, 3, banned=torch.tensor([[1, 2]]))
+    assert sorted(idx[0, :2].tolist()) == [3, 4] and values[0, 2] == -math.inf
+
+
+def cycle_data(n_items: int = 300, n: int = 400) -> SessionDataset:
+    """Return sessions walking items i -> i + 1 (mod n_items) from random starts."""
+    rng = np.random.default_rng(0)
+    sessions = [(rng.integers(n_items) + np.arange(rng.integers(2, 7))) % n_items + 1 for _ in range(n)]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sessions])]).astype(np.int64)
+    items = np.concatenate(sessions).astype(np.int64)
+    vocab = ItemVocab(np.array(["<pad>"] + [f"i{k}" for k in range(n_items)], dtype=object))
+    return SessionDataset(vocab, offsets, items, np.arange(len(items)), np.arange(n))
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "bprmf"])
+def test_recommend_dot_product_path_equals_full_scoring(name):
+    data = cycle_data()
+    if name == "gru4rec":
+        cfg = Gru4RecConfig(hidden=24, batch_size=16, n_sample=64, epochs=1, final_act="elu", elu_param=0.5)
+        model = GRU4Rec(cfg, TrainingConfig(device="cpu", progress=False)).fit(data)
+    else:
+        model = BPRMF(BprMfConfig(factors=16, epochs=2)).fit(data)
+    items = np.array([[5, 6, 7], [9, 0, 0], [200, 201, 0]])
+    lengths = np.array([3, 1, 2])
+    idx, values = recommend_topk(model, items, lengths, k=8, exclude_seen=True)
+    ref_idx, ref_values = top_k_unseen(torch.from_numpy(model.score_last(items, lengths)), torch.as_tensor(items), 8, True)
+    np.testing.assert_array_equal(np.sort(idx, 1), np.sort(ref_idx.numpy(), 1))
+    np.testing.assert_allclose(values, ref_values.numpy(), rtol=1e-5, atol=1e-5)
