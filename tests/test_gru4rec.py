@@ -10,7 +10,7 @@ import torch
 
 from seqrec.config import Gru4RecConfig, TrainingConfig
 from seqrec.io import load_checkpoint, save_checkpoint
-from seqrec.models.gru4rec import (GRU4Rec, SampleStore, bpr_loss, bpr_max_loss, build_session_parallel_batches,
+from seqrec.models.gru4rec import (GRU4Rec, Gru4RecNet, SampleStore, bpr_loss, bpr_max_loss, build_session_parallel_batches,
                                    cross_entropy_loss, logq_correction, top1_loss, top1_max_loss)
 from seqrec.sequences import ItemVocab, SessionDataset
 
@@ -128,7 +128,7 @@ def test_constrained_embedding_is_the_output_matrix_and_updates_touch_used_rows(
     data = cycle_sessions(20)
     model = GRU4Rec(SMALL.model_copy(update={"epochs": 1, "n_sample": 0}), TRAIN)
     net = model.build_net(data.vocab)
-    assert net.input_weights() is net.Wy and net.input_weights().data_ptr() == net.Wy.data_ptr()
+    assert net.input_weights().data_ptr() == net.Wy.data_ptr() == net.Wyb.data_ptr()  # views of one matrix
     before = net.Wy.detach().clone()
     model.hidden, model.log_support = torch.zeros(1, 2, 16), torch.zeros(13)
     opt = model.make_optimizer()
@@ -137,6 +137,8 @@ def test_constrained_embedding_is_the_output_matrix_and_updates_touch_used_rows(
     opt.step()
     changed = set(np.flatnonzero((net.Wy.detach() != before).any(1).numpy()))
     assert changed == {5, 9, 6, 10}  # input rows (5, 9: tied) and output rows only
+    bias_changed = set(np.flatnonzero((net.By.detach()[:, 0] != 0).numpy()))
+    assert bias_changed == {6, 10}  # the bias column moves only where it has a gradient: the output rows
 
 
 @pytest.mark.parametrize("embedding", ["onehot", "separate", "constrained"])
@@ -267,3 +269,15 @@ def test_one_epoch_on_yoochoose_sample_is_far_above_popularity():
     model = GRU4Rec(Gru4RecConfig(epochs=1, n_sample=512), TRAIN).fit(train)
     recall = evaluate_model(model, test, EvaluationConfig(cutoffs=(20,)), targets="all").metrics["recall@20"]
     assert recall > 0.4  # popularity: 0.089 (GRU4REC.md); 10 epochs reach ~0.68
+
+
+def test_checkpoints_with_separate_output_bias_still_load():
+    # earlier checkpoints stored Wy (V, h) and By (V, 1) apart; they load into the fused Wyb (V, h + 1)
+    net = Gru4RecNet(SMALL, 12)
+    state = net.state_dict()
+    fused = state.pop("Wyb")
+    state["Wy"], state["By"] = fused[:, :-1] + 1.0, fused[:, -1:] + 2.0
+    other = Gru4RecNet(SMALL, 12)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.Wy, fused[:, :-1] + 1.0)
+    torch.testing.assert_close(other.By, fused[:, -1:] + 2.0)

@@ -64,7 +64,8 @@ def test_adagrad_momentum_sparse_touches_only_given_rows():
     assert p[1].tolist() == [2.0, 2.0]  # never touched
     second = 0.5 * 0.1 + 0.1 * 1.0 / math.sqrt(2.0)  # momentum + Adagrad step with acc = 2
     assert p[2, 0].item() == pytest.approx(3.0 - 0.1 - second, abs=1e-6)
-    assert opt.state[p]["acc"][1].tolist() == [0.0, 0.0] and opt.state[p]["acc"][0].tolist() == [4.0, 16.0]
+    acc = opt.state[p]["acc_vel"][:, 0]  # (3, 2) accumulators
+    assert acc[1].tolist() == [0.0, 0.0] and acc[0].tolist() == [4.0, 16.0]
 
 
 # --------------------------------------------------------------------------- warm start

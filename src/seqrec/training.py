@@ -117,12 +117,14 @@ class AdagradMomentum(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                if not state:
-                    state["acc"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["vel"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if p.grad.is_sparse:
-                    sparse_update(p, p.grad, state["acc"], state["vel"], group)
+                if p.grad.is_sparse:  # accumulator and velocity side by side: one gather and one scatter per step
+                    if "acc_vel" not in state:
+                        state["acc_vel"] = torch.zeros((p.shape[0], 2, *p.shape[1:]), dtype=p.dtype, device=p.device)
+                    sparse_update(p, p.grad, state["acc_vel"], group)
                 else:
+                    if "acc" not in state:
+                        state["acc"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["vel"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     dense.append(p)
             if dense:
                 dense_update(dense, [p.grad for p in dense], [self.state[p]["acc"] for p in dense],
@@ -145,18 +147,19 @@ def dense_update(ps: list, grads: list, accs: list, vels: list, group: dict) -> 
         torch._foreach_addcdiv_(ps, grads, denoms, value=-group["lr"])
 
 
-def sparse_update(p: torch.Tensor, g: torch.Tensor, acc: torch.Tensor, vel: torch.Tensor, group: dict) -> None:
-    """Update only the rows of ``p`` named by a sparse gradient (duplicates summed); returns nothing."""
+def sparse_update(p: torch.Tensor, g: torch.Tensor, acc_vel: torch.Tensor, group: dict) -> None:
+    """Update only the rows of ``p`` named by a sparse gradient (duplicates summed); ``acc_vel`` is (V, 2, ...)."""
     g = g.coalesce()
     rows, values = g.indices()[0], g.values()  # (R,), (R, ...)
     if group["weight_decay"]:
         values = values.add(p.index_select(0, rows), alpha=group["weight_decay"])
-    acc_rows = acc.index_select(0, rows).addcmul_(values, values)  # (R, ...)
-    acc.index_copy_(0, rows, acc_rows)
-    step = acc_rows.add_(group["eps"]).rsqrt_().mul_(values).mul_(group["lr"])  # (R, ...)
+    state = acc_vel.index_select(0, rows)  # (R, 2, ...) accumulator and velocity of the touched rows
+    acc, vel = state[:, 0], state[:, 1]
+    acc.addcmul_(values, values)
+    step = (acc + group["eps"]).rsqrt_().mul_(values).mul_(group["lr"])  # (R, ...)
     if group["momentum"]:
-        step = vel.index_select(0, rows).mul_(group["momentum"]).add_(step)
-        vel.index_copy_(0, rows, step)
+        step = vel.mul_(group["momentum"]).add_(step)
+    acc_vel.index_copy_(0, rows, state)
     p.index_add_(0, rows, step, alpha=-1.0)
 
 

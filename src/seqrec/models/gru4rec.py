@@ -202,6 +202,12 @@ def gather_rows(weight: torch.Tensor, items: torch.Tensor, sparse: bool) -> tupl
 
 
 # --------------------------------------------------------------------------- network
+def merge_output_bias(module, state_dict, prefix, *args) -> None:
+    """Load-state hook: checkpoints with separate ``Wy`` (V, h) and ``By`` (V, 1) load into ``Wyb``."""
+    if prefix + "Wy" in state_dict and prefix + "Wyb" not in state_dict:
+        state_dict[prefix + "Wyb"] = torch.cat([state_dict.pop(prefix + "Wy"), state_dict.pop(prefix + "By")], 1)
+
+
 def uniform_init(*shape: int, fan_in: int, fan_out: int) -> nn.Parameter:
     """Return a parameter drawn from U(-sqrt(6/(fan_in+fan_out)), +sqrt(...))."""
     bound = math.sqrt(6.0 / (fan_in + fan_out))
@@ -220,8 +226,10 @@ class Gru4RecNet(nn.Module):
         super().__init__()
         h, v = cfg.hidden, n_items + 1
         self.cfg, self.sparse = cfg, cfg.optimizer == "adagrad"
-        self.Wy = uniform_init(v, h, fan_in=v, fan_out=h)  # (V, h) output item matrix
-        self.By = nn.Parameter(torch.zeros(v, 1))  # (V, 1) output bias
+        # (V, h + 1): the output item matrix Wy and its bias By in one parameter, so a training step
+        # gathers, back-propagates and updates the rows it touches once for both
+        self.Wyb = nn.Parameter(torch.cat([uniform_init(v, h, fan_in=v, fan_out=h).data, torch.zeros(v, 1)], 1))
+        self.register_load_state_dict_pre_hook(merge_output_bias)
         if cfg.embedding == "onehot":
             self.Wx = gate_init(v, h)  # (V, 3h): one-hot input times W_ih == a row of W_ih
         elif cfg.embedding == "separate":
@@ -232,6 +240,16 @@ class Gru4RecNet(nn.Module):
         self.W_hh = nn.ParameterList([gate_init(h, h) for _ in range(cfg.layers)])
         self.b_ih = nn.Parameter(torch.zeros(cfg.layers, 3 * h))
         self.b_hh = nn.Parameter(torch.zeros(cfg.layers, 3 * h))
+
+    @property
+    def Wy(self) -> torch.Tensor:
+        """The output item matrix (V, h), a view of ``Wyb``."""
+        return self.Wyb[:, :-1]
+
+    @property
+    def By(self) -> torch.Tensor:
+        """The output bias (V, 1), a view of ``Wyb``."""
+        return self.Wyb[:, -1:]
 
     def input_weights(self) -> torch.Tensor:
         """Return the matrix whose rows are the items' input vectors."""
@@ -267,17 +285,16 @@ class Gru4RecNet(nn.Module):
         """Return (new states (L, B, h), scores (B, K) against out_items (K,)); sparse grads touch only used rows."""
         n = len(x)
         if self.cfg.embedding == "constrained":  # one gather serves input and output rows of Wy
-            rows, pos = gather_rows(self.Wy, torch.cat([x, out_items]), self.sparse)  # (R, h), (B + K,)
-            emb, pos = rows.index_select(0, pos[:n]), pos[n:]  # (B, h), (K,)
+            rows, pos = gather_rows(self.Wyb, torch.cat([x, out_items]), self.sparse)  # (R, h + 1), (B + K,)
+            emb, pos = rows.index_select(0, pos[:n])[:, :-1], pos[n:]  # (B, h), (K,)
         else:
             in_rows, in_pos = gather_rows(self.input_weights(), x, self.sparse)
             emb = in_rows.index_select(0, in_pos)  # (B, d)
-            rows, pos = gather_rows(self.Wy, out_items, self.sparse)  # (R, h), (K,)
-        b_rows, b_pos = gather_rows(self.By, out_items, self.sparse)
+            rows, pos = gather_rows(self.Wyb, out_items, self.sparse)  # (R, h + 1), (K,)
         states = self.recur(emb, hidden)  # (L, B, h)
         # score each distinct row once (R <= B + K: repeated samples cost nothing), then spread to K columns
-        scores = (states[-1] @ rows.T).index_select(1, pos)  # (B, K)
-        return states, self.final_activation(scores + b_rows.index_select(0, b_pos).T)  # (B, K)
+        scores = torch.addmm(rows[:, -1], states[-1], rows[:, :-1].T).index_select(1, pos)  # (B, K) with bias
+        return states, self.final_activation(scores)  # (B, K)
 
     def final_activation(self, scores: torch.Tensor) -> torch.Tensor:
         """Return scores after the configured final activation (linear, elu(elu_param), tanh)."""
