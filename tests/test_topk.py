@@ -11,7 +11,7 @@ import torch
 from seqrec.config import BprMfConfig, Gru4RecConfig, TrainingConfig
 from seqrec.models.bprmf import BPRMF
 from seqrec.models.gru4rec import GRU4Rec
-from seqrec.recommend import recommend_topk, top_k_unseen
+from seqrec.recommend import recommend_topk, top_k_rows, top_k_unseen
 from seqrec.sequences import ItemVocab, SessionDataset
 from seqrec.topk import GROUP, DotProductIndex, group_topk
 
@@ -78,3 +78,13 @@ def test_recommend_dot_product_path_equals_full_scoring(name):
     ref_idx, ref_values = top_k_unseen(torch.from_numpy(model.score_last(items, lengths)), torch.as_tensor(items), 8, True)
     np.testing.assert_array_equal(np.sort(idx, 1), np.sort(ref_idx.numpy(), 1))
     np.testing.assert_allclose(values, ref_values.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_top_k_rows_ranks_a_broadcast_row_once_with_the_same_answer():
+    row = np.random.default_rng(4).random(3 * GROUP * 30).astype(np.float32)
+    items = np.array([[int(np.argmax(row)), 0], [5, 6], [0, 0]])  # row 0 has seen the best item
+    broadcast = np.broadcast_to(row, (3, len(row)))  # read-only, stride 0 like Popularity's scores
+    idx, values = top_k_rows(broadcast, items, k=5, exclude_seen=True)
+    ref_idx, ref_values = top_k_unseen(torch.from_numpy(np.tile(row, (3, 1))), torch.as_tensor(items), 5, True)
+    assert torch.equal(idx, ref_idx) and torch.equal(values, ref_values)
+    assert int(np.argmax(row)) not in idx[0].tolist() and int(np.argmax(row)) in idx[1].tolist()

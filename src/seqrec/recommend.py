@@ -159,14 +159,34 @@ def encode_sessions(sessions: Sequence[Sequence[str]] | Sequence[np.ndarray], vo
 # --------------------------------------------------------------------------- top-k
 def top_k_unseen(scores: torch.Tensor, items: torch.Tensor, k: int, exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (indices (B, k) int64, scores (B, k)) of the best items, never padding; 0 / -inf where none is left."""
-    n = min(k + 1 + (items.shape[1] if exclude_seen else 0), scores.shape[1])
-    values, idx = group_topk(scores, n)  # (B, n)
+    values, idx = group_topk(scores, candidate_count(k, items, exclude_seen, scores.shape[1]))  # (B, n)
+    return drop_banned(values, idx, items, k, exclude_seen)
+
+
+def candidate_count(k: int, items: torch.Tensor, exclude_seen: bool, width: int) -> int:
+    """Return how many best items to take so that k remain after dropping padding and the seen items."""
+    return min(k + 1 + (items.shape[1] if exclude_seen else 0), width)
+
+
+def drop_banned(values: torch.Tensor, idx: torch.Tensor, items: torch.Tensor, k: int, exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the first k of ranked candidates (B, n) that are not padding (nor seen in ``items``), order kept."""
     banned = idx == PAD  # (B, n)
     if exclude_seen:
         banned |= (idx[:, :, None] == items[:, None, :]).any(-1)  # (B, n, L) -> (B, n)
     order = torch.argsort(banned.to(torch.int8), dim=1, stable=True)[:, :k]  # allowed first, rank kept
     banned = banned.gather(1, order)  # (B, k)
     return idx.gather(1, order).masked_fill(banned, PAD), values.gather(1, order).masked_fill(banned, float("-inf"))
+
+
+def top_k_rows(scores: np.ndarray, items: np.ndarray, k: int, exclude_seen: bool, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``top_k_unseen`` of a (B, V + 1) score array: ranked once when every row is the same, else by chunks."""
+    items = torch.as_tensor(items)  # (B, L)
+    if len(scores) > 1 and scores.strides[0] == 0:  # one broadcast row (popularity): rank it once for all
+        values, idx = group_topk(torch.from_numpy(scores[:1].copy()), candidate_count(k, items, exclude_seen, scores.shape[1]))
+        return drop_banned(values.expand(len(items), -1), idx.expand(len(items), -1), items, k, exclude_seen)
+    parts = [top_k_unseen(torch.from_numpy(np.require(scores[r : r + chunk], requirements=["C", "W"])), items[r : r + chunk], k, exclude_seen)
+             for r in range(0, len(scores), chunk)]  # a copy only where the rows are read-only
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def dot_product_index(model: Recommender) -> DotProductIndex | None:
@@ -200,9 +220,7 @@ def recommend_topk(
         raise ValueError(f"{type(model).__name__}.score_last returned {scores.shape} for {len(lengths)} sessions")
     if not 0 < k < scores.shape[1]:
         raise ValueError(f"k={k} must be between 1 and the catalogue size {scores.shape[1] - 1}")
-    if not scores.flags.writeable:  # torch refuses read-only views (e.g. broadcast popularity rows)
-        scores = scores.copy()
-    idx, values = top_k_unseen(torch.from_numpy(scores), torch.as_tensor(items), k, exclude_seen)
+    idx, values = top_k_rows(scores, items, k, exclude_seen)
     return idx.numpy(), values.numpy()
 
 
