@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_recommend.py --items 50000 --sessions 10240 --threads 2
 
-Models: SASRec (default config sizes, weights as initialised: scoring cost does not depend
-on training) and Popularity, over a synthetic catalogue of ``--items`` original ids. Sessions
+Models: SASRec and GRU4Rec (default config sizes, weights as initialised: scoring cost does
+not depend on training), Markov and Popularity (fit on a Zipf-like stream), over a synthetic
+catalogue of ``--items`` original ids (``--models`` picks some). Sessions
 hold 1..``--max-session`` random known ids plus one unknown id in 5% of them (counted).
 Timings include encoding, scoring, top-k with seen items excluded and decoding to ids.
 """
@@ -18,8 +19,9 @@ import time
 import numpy as np
 import torch
 
-from seqrec.config import SasRecConfig, TrainingConfig
-from seqrec.models.baselines import Popularity
+from seqrec.config import Gru4RecConfig, SasRecConfig, TrainingConfig
+from seqrec.models.baselines import Markov, Popularity
+from seqrec.models.gru4rec import GRU4Rec
 from seqrec.models.sasrec import SASRec
 from seqrec.recommend import recommend
 from seqrec.sequences import ItemVocab, SessionDataset
@@ -36,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--single", type=int, default=300, help="single-session calls timed for p50/p99")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", default="sasrec,gru4rec,markov,popularity", help="comma-separated subset")
     return p.parse_args()
 
 
@@ -49,13 +52,18 @@ def make_sessions(vocab: ItemVocab, n: int, max_len: int, rng: np.random.Generat
     return sessions
 
 
-def build_models(vocab: ItemVocab, rng: np.random.Generator) -> dict:
-    """Return a SASRec (initialised weights) and a Popularity model (Zipf-like support) over ``vocab``."""
-    sasrec = SASRec(SasRecConfig(), TrainingConfig(device="cpu", progress=False))
-    sasrec.build_net(vocab)
+def build_models(vocab: ItemVocab, rng: np.random.Generator, names: list[str]) -> dict:
+    """Return the named models over ``vocab``: neural ones with initialised weights, counts fit on a Zipf-like stream."""
+    training = TrainingConfig(device="cpu", progress=False)
     items = (rng.zipf(1.3, 500_000) % vocab.size + 1).astype(np.int64)
     data = SessionDataset(vocab, np.array([0, len(items)]), items, np.zeros(len(items), np.int64), np.array([0]))
-    return {"sasrec": sasrec, "popularity": Popularity().fit(data)}
+    builders = {"sasrec": lambda: SASRec(SasRecConfig(), training), "gru4rec": lambda: GRU4Rec(Gru4RecConfig(), training),
+                "markov": lambda: Markov().fit(data), "popularity": lambda: Popularity().fit(data)}
+    models = {name: builders[name]() for name in names}
+    for model in models.values():
+        if hasattr(model, "build_net"):
+            model.build_net(vocab)
+    return models
 
 
 def time_model(model, vocab: ItemVocab, sessions: list[list[str]], args: argparse.Namespace) -> dict:
@@ -86,7 +94,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     vocab = ItemVocab(np.array(["<pad>"] + [f"item-{i}" for i in range(args.items)], dtype=object))
     sessions = make_sessions(vocab, args.sessions, args.max_session, rng)
-    for name, model in build_models(vocab, rng).items():
+    for name, model in build_models(vocab, rng, [m.strip() for m in args.models.split(",") if m.strip()]).items():
         figures = time_model(model, vocab, sessions, args)
         print(json.dumps({"model": name, "items": args.items, "sessions": args.sessions, "k": args.k,
                           "batch_size": args.batch_size, "threads": torch.get_num_threads(), **figures}), flush=True)

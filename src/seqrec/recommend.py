@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 MODEL_MODULES = ("seqrec.models.sasrec", "seqrec.models.gru4rec", "seqrec.models.baselines", "seqrec.models.bprmf")
 MODEL_TYPES: dict[str, type[Recommender]] = {}
 _VOCAB_INDEX: dict[int, tuple[np.ndarray, pd.Index]] = {}  # id(vocab.ids) -> (ids, hashed index)
+SCORE_ROWS = 64  # sessions scored per block by models without a dot-product output layer
 _DOT_INDEX: "weakref.WeakKeyDictionary[Recommender, tuple[tuple, DotProductIndex]]" = weakref.WeakKeyDictionary()
 
 
@@ -178,15 +179,13 @@ def drop_banned(values: torch.Tensor, idx: torch.Tensor, items: torch.Tensor, k:
     return idx.gather(1, order).masked_fill(banned, PAD), values.gather(1, order).masked_fill(banned, float("-inf"))
 
 
-def top_k_rows(scores: np.ndarray, items: np.ndarray, k: int, exclude_seen: bool, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``top_k_unseen`` of a (B, V + 1) score array: ranked once when every row is the same, else by chunks."""
+def top_k_rows(scores: np.ndarray, items: np.ndarray, k: int, exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``top_k_unseen`` of a (B, V + 1) score array, ranked once when every row is the same."""
     items = torch.as_tensor(items)  # (B, L)
     if len(scores) > 1 and scores.strides[0] == 0:  # one broadcast row (popularity): rank it once for all
         values, idx = group_topk(torch.from_numpy(scores[:1].copy()), candidate_count(k, items, exclude_seen, scores.shape[1]))
         return drop_banned(values.expand(len(items), -1), idx.expand(len(items), -1), items, k, exclude_seen)
-    parts = [top_k_unseen(torch.from_numpy(np.require(scores[r : r + chunk], requirements=["C", "W"])), items[r : r + chunk], k, exclude_seen)
-             for r in range(0, len(scores), chunk)]  # a copy only where the rows are read-only
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return top_k_unseen(torch.from_numpy(np.require(scores, requirements=["C", "W"])), items, k, exclude_seen)  # copy if read-only
 
 
 def dot_product_index(model: Recommender) -> DotProductIndex | None:
@@ -215,13 +214,16 @@ def recommend_topk(
         none_left = values == float("-inf")  # (B, k) fewer than k allowed items (before the activation maps -inf)
         values = model.final_activation(values).float().masked_fill(none_left, float("-inf"))
         return idx.masked_fill(none_left, PAD).cpu().numpy(), values.cpu().numpy()
-    scores = np.asarray(model.score_last(items, lengths), dtype=np.float32)  # (B, V + 1)
-    if scores.ndim != 2 or len(scores) != len(lengths):
-        raise ValueError(f"{type(model).__name__}.score_last returned {scores.shape} for {len(lengths)} sessions")
-    if not 0 < k < scores.shape[1]:
-        raise ValueError(f"k={k} must be between 1 and the catalogue size {scores.shape[1] - 1}")
-    idx, values = top_k_rows(scores, items, k, exclude_seen)
-    return idx.numpy(), values.numpy()
+    parts = []
+    for r in range(0, len(lengths), SCORE_ROWS):  # a (SCORE_ROWS, V + 1) block at a time stays in cache
+        rows = slice(r, r + SCORE_ROWS)
+        scores = np.asarray(model.score_last(items[rows], lengths[rows]), dtype=np.float32)  # (n, V + 1)
+        if scores.ndim != 2 or len(scores) != len(lengths[rows]):
+            raise ValueError(f"{type(model).__name__}.score_last returned {scores.shape} for {len(lengths[rows])} sessions")
+        if not 0 < k < scores.shape[1]:
+            raise ValueError(f"k={k} must be between 1 and the catalogue size {scores.shape[1] - 1}")
+        parts.append(top_k_rows(scores, items[rows], k, exclude_seen))
+    return torch.cat([p[0] for p in parts]).numpy(), torch.cat([p[1] for p in parts]).numpy()
 
 
 def recommend_indices(model: Recommender, items: np.ndarray, lengths: np.ndarray, k: int = 10, exclude_seen: bool = True) -> np.ndarray:
