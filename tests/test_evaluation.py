@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqrec.config import EvaluationConfig
-from seqrec.evaluation import evaluate_model, label_popularity, metrics_from_ranks, ranks_from_scores
+from seqrec.evaluation import PADDED_EVENTS_PER_ROW, batch_sessions, evaluate_model, label_popularity, metrics_from_ranks, ranks_from_scores
 from seqrec.models.base import Recommender
 from seqrec.models.baselines import Popularity
 from seqrec.sequences import ItemVocab, SessionDataset
@@ -119,6 +119,18 @@ def test_evaluate_all_targets_ranks_every_event_after_the_first():
     assert result.metrics["mrr@2"] == pytest.approx((1 + 1 / 2) / 3)
     assert result.protocol["sessions_without_target"] == 1
     assert result.protocol["catalogue_size"] == 4
+
+
+def test_long_sessions_are_batched_apart_and_results_do_not_depend_on_batching():
+    lengths = [200, 3, 150, 2, 1, 40, 5, 2]  # the length-1 session has no target
+    rng = np.random.default_rng(0)
+    test = make_sessions([list(rng.integers(1, 5, n)) for n in lengths], n_items=4)
+    batches = batch_sessions(test, batch_size=4)  # budget: 4 x PADDED_EVENTS_PER_ROW padded events
+    assert [b.tolist() for b in batches] == [[0], [2], [5], [6, 1, 3, 7]]  # longest first, long ones alone
+    assert all(len(b) * test.lengths[b].max() <= max(4 * PADDED_EVENTS_PER_ROW, test.lengths[b].max()) for b in batches)
+    small = evaluate_model(Popularity().fit(TRAIN), test, EvaluationConfig(batch_size=4)).metrics
+    large = evaluate_model(Popularity().fit(TRAIN), test, EvaluationConfig(batch_size=512)).metrics
+    assert small == pytest.approx(large, rel=1e-12)
 
 
 def test_evaluate_last_target_only():

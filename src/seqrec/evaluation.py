@@ -201,11 +201,24 @@ def check_scores(scores, n_rows: int, n_items: int, model_name: str) -> np.ndarr
     return scores
 
 
+PADDED_EVENTS_PER_ROW = 16  # a batch holds at most batch_size x 16 padded events (rows x its longest session)
+
+
 def batch_sessions(data: SessionDataset, batch_size: int) -> list[np.ndarray]:
-    """Return batches of indices of sessions with a target (length >= 2), longest first."""
+    """Return batches of indices of sessions with a target (length >= 2), longest first.
+
+    A batch is scored for as many steps as its longest session, every row at every step, so
+    long sessions go in small batches: at most ``batch_size`` rows and at most
+    ``batch_size * PADDED_EVENTS_PER_ROW`` padded events per batch.
+    """
     idx = np.flatnonzero(data.lengths >= 2)
     idx = idx[np.argsort(-data.lengths[idx], kind="stable")]
-    return [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    lengths, budget, batches, start = data.lengths[idx], batch_size * PADDED_EVENTS_PER_ROW, [], 0
+    while start < len(idx):
+        rows = int(min(batch_size, max(1, budget // lengths[start])))  # lengths[start] is the batch's longest
+        batches.append(idx[start : start + rows])
+        start += rows
+    return batches
 
 
 def rank_all_targets(
