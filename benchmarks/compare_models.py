@@ -228,7 +228,8 @@ def run_model(name: str, split_dir: str, cfg, mode: str, out: Path) -> dict:
     return {"model": name, "part": part, "recall@20": round(m["recall@20"], 4), "mrr@20": round(m["mrr@20"], 4),
             "ndcg@20": round(m.get("ndcg@20", float("nan")), 4), "targets": res["n_targets"],
             "train_s": trained["train_seconds"], "eval_s": res["eval_seconds"], "epochs_run": epochs,
-            "best_epoch": sel.get("best_epoch"), "valid_metric": sel.get("valid_metric"), "config": model_cfg}
+            "best_epoch": sel.get("best_epoch"), "valid_metric": sel.get("valid_metric"), "config": model_cfg,
+            "valid_curve": [round(v, 4) for v in hist.get("valid_metric", [])] if isinstance(hist, dict) else None}
 
 
 def markdown(rows: list[dict], baseline_best: dict) -> str:
