@@ -286,6 +286,7 @@ class Gru4RecConfig(Section):
     epochs: int = Field(10, gt=0)
     init_from_embeddings: bool = False
     init_projection: Literal["project", "error"] = "project"  # warm start with other dims: PCA or error
+    repeat_bias: bool = False  # extension, not in the papers: + learned beta(h) for items already in the session
 
 
 class SasRecConfig(Section):
@@ -311,11 +312,14 @@ class SasRecConfig(Section):
     epochs: int = Field(30, gt=0)
     init_from_embeddings: bool = False
     init_projection: Literal["project", "error"] = "project"  # warm start with other dims: PCA or error
+    repeat_bias: bool = False  # extension, not in the paper: + learned beta(h) for items already in the sequence
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SasRecConfig":
         if self.dim % self.heads:
             raise ValueError(f"models.sasrec.dim={self.dim} is not divisible by heads={self.heads}")
+        if self.repeat_bias and self.loss != "cross-entropy":
+            raise ValueError(f"models.sasrec.repeat_bias=true needs loss=cross-entropy, not {self.loss!r}")
         return self
 
 

@@ -21,6 +21,8 @@ import math
 import numpy as np
 import torch
 
+from seqrec.models.repeat import add_repeat_bias
+
 GROUP = 64  # columns per group for the group-max pruning
 
 
@@ -61,8 +63,12 @@ class DotProductIndex:
         self.banned_columns = list(banned_columns)
         self.chunk = chunk
 
-    def search(self, q: torch.Tensor, k: int, banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (scores (B, k) float32, item indices (B, k) int64) of the best non-banned items per query row."""
+    def search(self, q: torch.Tensor, k: int, banned: torch.Tensor | None = None,
+               boost: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (scores (B, k) float32, item indices (B, k) int64) of the best non-banned items per query row.
+
+        ``boost`` = (items (B, L), beta (B,)): beta is added once to each listed item of the row (repeat bias).
+        """
         if not 0 < k <= self.n_items:
             raise ValueError(f"k={k} must be between 1 and the catalogue size {self.n_items}")
         q = q.detach().float().to(self.device)  # (B, D)
@@ -73,6 +79,8 @@ class DotProductIndex:
         for start in range(0, len(q), self.chunk):
             rows = slice(start, start + self.chunk)
             scores = self.score_block(q[rows], block[: len(q[rows])])  # (n, V)
+            if boost is not None:
+                scores = add_repeat_bias(scores, boost[0][rows].to(self.device), boost[1][rows].to(self.device))
             scores[:, self.banned_columns] = -math.inf
             if banned is not None:
                 scores.scatter_(1, banned[rows].to(self.device), -math.inf)

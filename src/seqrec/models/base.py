@@ -62,6 +62,10 @@ class Recommender(ABC):
         """Return the (B, D) float32 vectors that ``output_layer`` scores (dot-product models only)."""
         raise NotImplementedError(f"{type(self).__name__} is not a dot-product scorer")
 
+    def repeat_bias(self, query: torch.Tensor) -> torch.Tensor | None:
+        """Return the (B,) boost a dot-product model adds to items already in the session, or None (no such term)."""
+        return None
+
     def final_activation(self, scores: torch.Tensor) -> torch.Tensor:
         """Return scores after the model's monotone increasing output activation (identity by default)."""
         return scores

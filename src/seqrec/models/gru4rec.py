@@ -28,6 +28,7 @@ from torch import nn
 
 from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig, config_to_dict
 from seqrec.models.base import Recommender
+from seqrec.models.repeat import add_repeat_bias, repeat_strength
 from seqrec.sequences import ItemVocab, SessionDataset
 from seqrec.training import (make_validator, neural_state, AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
                              set_seed, warm_start_embedding)
@@ -230,6 +231,7 @@ class Gru4RecNet(nn.Module):
         # gathers, back-propagates and updates the rows it touches once for both
         self.Wyb = nn.Parameter(torch.cat([uniform_init(v, h, fan_in=v, fan_out=h).data, torch.zeros(v, 1)], 1))
         self.register_load_state_dict_pre_hook(merge_output_bias)
+        self.repeat = nn.Parameter(torch.zeros(h + 1)) if cfg.repeat_bias else None  # (h + 1,) beta(h) = w.h + c
         if cfg.embedding == "onehot":
             self.Wx = gate_init(v, h)  # (V, 3h): one-hot input times W_ih == a row of W_ih
         elif cfg.embedding == "separate":
@@ -281,8 +283,12 @@ class Gru4RecNet(nn.Module):
         """Return the new hidden states (L, B, h) after feeding items (B,) to states (L, B, h)."""
         return self.recur(self.input_weights().index_select(0, items), hidden)
 
-    def train_forward(self, x: torch.Tensor, hidden: torch.Tensor, out_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (new states (L, B, h), scores (B, K) against out_items (K,)); sparse grads touch only used rows."""
+    def train_forward(self, x: torch.Tensor, hidden: torch.Tensor, out_items: torch.Tensor,
+                      seen_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (new states (L, B, h), scores (B, K) against out_items (K,)); sparse grads touch only used rows.
+
+        ``seen_out`` (B, K) bool: output item k already occurs in slot b's session (repeat bias only).
+        """
         n = len(x)
         if self.cfg.embedding == "constrained":  # one gather serves input and output rows of Wy
             rows, pos = gather_rows(self.Wyb, torch.cat([x, out_items]), self.sparse)  # (R, h + 1), (B + K,)
@@ -294,6 +300,8 @@ class Gru4RecNet(nn.Module):
         states = self.recur(emb, hidden)  # (L, B, h)
         # score each distinct row once (R <= B + K: repeated samples cost nothing), then spread to K columns
         scores = torch.addmm(rows[:, -1], states[-1], rows[:, :-1].T).index_select(1, pos)  # (B, K) with bias
+        if self.repeat is not None:
+            scores = scores + repeat_strength(self.repeat, states[-1])[:, None] * seen_out  # (B, K)
         return states, self.final_activation(scores)  # (B, K)
 
     def final_activation(self, scores: torch.Tensor) -> torch.Tensor:
@@ -302,9 +310,12 @@ class Gru4RecNet(nn.Module):
             return F.elu(scores, alpha=self.cfg.elu_param)
         return torch.tanh(scores) if self.cfg.final_act == "tanh" else scores
 
-    def score_all(self, top: torch.Tensor) -> torch.Tensor:
-        """Return scores (B, V) of the top-layer states against the whole catalogue."""
-        return self.final_activation(top @ self.Wy.T + self.By.T)  # (B, V)
+    def score_all(self, top: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Return scores (B, V) of the top-layer states against the whole catalogue; ``prefix`` (B, L): items seen."""
+        scores = top @ self.Wy.T + self.By.T  # (B, V)
+        if self.repeat is not None and prefix is not None:
+            scores = add_repeat_bias(scores, prefix, repeat_strength(self.repeat, top))
+        return self.final_activation(scores)
 
 
 # --------------------------------------------------------------------------- the recommender
@@ -380,6 +391,8 @@ class GRU4Rec(Recommender):
 
         def make_batches(epoch: int) -> EpochBatches:
             self.hidden = torch.zeros(c.layers, c.batch_size, c.hidden, device=self.device)  # (L, B, h)
+            if c.repeat_bias:  # (B, V + 1) items of each slot's session so far
+                self.seen = torch.zeros(c.batch_size, train.vocab.size + 1, dtype=torch.bool, device=self.device)
             size = min(c.sample_store, plan.n_steps * c.n_sample)  # an epoch never needs more
             store = SampleStore(support, c.sample_alpha, size, c.n_sample, (self.training.seed, epoch)) if c.n_sample else None
             return EpochBatches(steps, store)
@@ -388,16 +401,30 @@ class GRU4Rec(Recommender):
             net, self.make_optimizer(), make_batches, self.train_step, self.training, c.epochs,
             validate=self.make_validate(valid), checkpoint_path=self.checkpoint_path,
             extra_state={"config": {**config_to_dict(c), "seed": self.training.seed}, "vocab": [str(i) for i in self.vocab.ids]},
-            loss_reduction="sum", get_loop_state=lambda: {"hidden": self.hidden},
-            set_loop_state=lambda s: setattr(self, "hidden", s["hidden"].to(self.device)))
+            loss_reduction="sum", get_loop_state=self.loop_state, set_loop_state=self.set_loop_state)
         return self
+
+    def loop_state(self) -> dict:
+        """Return the session-parallel state a resumed epoch needs (hidden states, seen items)."""
+        return {"hidden": self.hidden, **({"seen": self.seen} if self.cfg.repeat_bias else {})}
+
+    def set_loop_state(self, state: dict) -> None:
+        """Restore ``loop_state()`` onto this model's device."""
+        self.hidden = state["hidden"].to(self.device)
+        if "seen" in state:
+            self.seen = state["seen"].to(self.device)
 
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]:
         """Return the summed loss of one session-parallel step and its number of targets."""
         x, y, reset, neg = batch  # (B,), (B,), (B,), (n_sample,)
         hidden = self.hidden.masked_fill(reset[None, :, None], 0.0)  # (L, B, h) new sessions start from zero
         out_items = torch.cat([y, neg])  # (K,) K = B + n_sample
-        states, scores = self.net.train_forward(x, hidden, out_items)  # (L, B, h), (B, K) positives on the diagonal
+        seen_out = None
+        if self.cfg.repeat_bias:
+            self.seen[reset] = False
+            self.seen[torch.arange(len(x), device=x.device), x] = True
+            seen_out = self.seen.index_select(1, out_items).float()  # (B, K)
+        states, scores = self.net.train_forward(x, hidden, out_items, seen_out)  # (L, B, h), (B, K) positives on the diagonal
         self.hidden = states.detach()  # no BPTT
         return self.loss_rows(scores, out_items).sum(), len(y)
 
@@ -424,7 +451,7 @@ class GRU4Rec(Recommender):
             for t in range(x.shape[1]):
                 with autocast_for(self.training, self.device):
                     hidden = net(x[:, t], hidden)  # (L, B, h)
-                    scores = net.score_all(hidden[-1]).float()  # (B, V)
+                    scores = net.score_all(hidden[-1], x[:, : t + 1]).float()  # (B, V)
                 scores[:, 0] = -math.inf
                 yield scores.cpu().numpy()
         finally:
@@ -459,10 +486,15 @@ class GRU4Rec(Recommender):
         """Return scores through the configured (monotone) final activation."""
         return self.net.final_activation(scores)
 
+    def repeat_bias(self, query: torch.Tensor) -> torch.Tensor | None:
+        """Return beta (B,) for items already in the session (``repeat_bias`` models), else None."""
+        return None if self.net.repeat is None else repeat_strength(self.net.repeat.detach(), query)
+
     def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Return full-catalogue scores (B, n_items + 1) after each row's prefix: the catalogue is scored once."""
+        prefix = torch.as_tensor(np.asarray(items), dtype=torch.int64, device=self.device)  # (B, L) 0-padded
         with torch.no_grad():
-            scores = self.net.score_all(self.query_vectors(items, lengths)).float()  # (B, V)
+            scores = self.net.score_all(self.query_vectors(items, lengths), prefix).float()  # (B, V)
         scores[:, 0] = -math.inf
         return scores.cpu().numpy()
 

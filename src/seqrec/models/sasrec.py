@@ -28,6 +28,7 @@ from torch import nn
 
 from seqrec.config import EvaluationConfig, SasRecConfig, TrainingConfig, config_to_dict
 from seqrec.models.base import Recommender
+from seqrec.models.repeat import add_repeat_bias, repeat_strength
 from seqrec.sequences import PAD, ItemVocab, SessionDataset
 from seqrec.training import (
     make_validator,
@@ -107,6 +108,7 @@ class SasRecNet(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.blocks))
         self.ln_f = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
         self.out = None if cfg.tied else nn.Parameter(torch.empty(n_items + 1, cfg.dim))
+        self.repeat = nn.Parameter(torch.zeros(cfg.dim + 1)) if cfg.repeat_bias else None  # beta(h) = w.h + c
         self.apply(init_weights)
         if self.out is not None:
             nn.init.normal_(self.out, std=0.02)
@@ -138,11 +140,29 @@ def init_weights(module: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- losses
-def full_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Return the mean softmax cross-entropy over every real item (padding column excluded)."""
+def full_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                       boost: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Return the mean softmax cross-entropy over every real item (padding column excluded).
+
+    ``boost`` = (rows (M,), items (M,), values (M,)): distinct (row, item) pairs whose logit gets + value.
+    """
     logits = (hidden @ weight.T).float()  # (N, V + 1)
+    if boost is not None:
+        rows, items, values = boost
+        logits = logits.index_put((rows, items), values.float(), accumulate=True)
     logits[:, PAD] = float("-inf")
     return F.cross_entropy(logits, targets)
+
+
+def prefix_pairs(inputs: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return distinct (row, item) pairs: for each kept position (row of ``hidden[keep]``), the items up to it."""
+    B, L = inputs.shape
+    upto = torch.ones(L, L, dtype=torch.bool, device=inputs.device).tril()  # (p, q): q <= p
+    pairs = keep[:, :, None] & upto[None] & (inputs != PAD)[:, None, :]  # (B, L, L) over (b, p, q)
+    row_of = (keep.flatten().cumsum(0) - 1).view(B, L)  # (B, L) row of position (b, p) in hidden[keep]
+    b, p, q = pairs.nonzero(as_tuple=True)
+    key = torch.unique(row_of[b, p] * (int(inputs.max()) + 1) + inputs[b, q])  # dedupe repeated items
+    return key // (int(inputs.max()) + 1), key % (int(inputs.max()) + 1)
 
 
 def sampled_softmax_loss(
@@ -280,7 +300,11 @@ class SASRec(Recommender):
         keep = (inputs != PAD) & (targets != PAD)  # (B, L): pads never produce loss
         h, y, w = hidden[keep], targets[keep], self.net.output_weight()  # (N, D), (N,), (V + 1, D)
         if self.cfg.loss == "cross-entropy":
-            loss = full_cross_entropy(h, w, y)
+            boost = None
+            if self.net.repeat is not None:  # + beta(h) for every item already in the prefix
+                rows, items = prefix_pairs(inputs, keep)
+                boost = (rows, items, repeat_strength(self.net.repeat, h)[rows])
+            loss = full_cross_entropy(h, w, y, boost)
         elif self.cfg.loss == "bce":
             loss = bce_loss(h, w, y, torch.randint(1, w.shape[0], y.shape, device=y.device))  # (N,) uniform
         else:
@@ -299,9 +323,17 @@ class SASRec(Recommender):
             return self.net(seq.to(self.device), last_only).float()
 
     @torch.no_grad()
-    def scores_from_hidden(self, hidden: torch.Tensor) -> np.ndarray:
-        """Return item scores (B, V + 1) float32 for hidden states (B, D)."""
-        return (hidden @ self.net.output_weight().float().T).cpu().numpy()
+    def scores_from_hidden(self, hidden: torch.Tensor, prefix: torch.Tensor | None = None) -> np.ndarray:
+        """Return item scores (B, V + 1) float32 for hidden states (B, D); ``prefix`` (B, L): items seen so far."""
+        scores = hidden @ self.net.output_weight().float().T  # (B, V + 1)
+        beta = self.repeat_bias(hidden)
+        if beta is not None and prefix is not None:
+            scores = add_repeat_bias(scores, prefix, beta)
+        return scores.cpu().numpy()
+
+    def repeat_bias(self, query: torch.Tensor) -> torch.Tensor | None:
+        """Return beta (B,) for items already in the sequence (``repeat_bias`` models), else None."""
+        return None if self.net.repeat is None else repeat_strength(self.net.repeat.detach().float(), query)
 
     def query_vectors(self, items: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
         """Return the hidden state (B, D) float32 at each row's last item (its last max_len items seen)."""
@@ -317,16 +349,16 @@ class SASRec(Recommender):
 
     def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Return next-item scores (B, V + 1) after each row's prefix, in one forward pass."""
-        return self.scores_from_hidden(self.query_vectors(items, lengths))  # (B, V + 1)
+        return self.scores_from_hidden(self.query_vectors(items, lengths), torch.as_tensor(items))  # (B, V + 1)
 
     def score_steps(self, items: np.ndarray, lengths: np.ndarray) -> Iterator[np.ndarray]:
         """Yield next-item scores (B, V + 1) after each position: one forward for the first max_len."""
         items, M = torch.as_tensor(items), self.cfg.max_len  # (B, L)
         hidden = self.score_hidden(items[:, :M])  # (B, min(L, M), D): causal, so every prefix at once
         for t in range(hidden.shape[1]):
-            yield self.scores_from_hidden(hidden[:, t])
+            yield self.scores_from_hidden(hidden[:, t], items[:, : t + 1])
         for t in range(M, items.shape[1]):  # beyond max_len each step sees its own last-M window
-            yield self.scores_from_hidden(self.score_hidden(items[:, t - M + 1 : t + 1], last_only=True)[:, -1])
+            yield self.scores_from_hidden(self.score_hidden(items[:, t - M + 1 : t + 1], last_only=True)[:, -1], items[:, : t + 1])
 
     # ----------------------------------------------------------------- persistence
     def state_dict(self) -> dict:
