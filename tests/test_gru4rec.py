@@ -281,3 +281,14 @@ def test_checkpoints_with_separate_output_bias_still_load():
     other.load_state_dict(state)
     torch.testing.assert_close(other.Wy, fused[:, :-1] + 1.0)
     torch.testing.assert_close(other.By, fused[:, -1:] + 2.0)
+
+
+@pytest.mark.parametrize("embedding,layers", [("constrained", 1), ("separate", 2), ("onehot", 1)])
+def test_score_last_equals_the_last_step_of_score_steps(embedding, layers):
+    # score_last runs the whole sequence in one torch.gru call (one step at a time for onehot)
+    cfg = SMALL.model_copy(update={"embedding": embedding, "embedding_dim": 6, "layers": layers, "epochs": 1})
+    model = GRU4Rec(cfg, TRAIN).fit(cycle_sessions(60))
+    items, lengths = np.array([[3, 4, 5, 6], [7, 8, 0, 0], [2, 0, 0, 0]]), np.array([4, 2, 1])
+    steps = list(model.score_steps(items, lengths))
+    want = np.stack([steps[n - 1][row] for row, n in enumerate(lengths)])
+    np.testing.assert_allclose(model.score_last(items, lengths), want, rtol=1e-5, atol=1e-5)

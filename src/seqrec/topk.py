@@ -24,6 +24,7 @@ import torch
 from seqrec.models.repeat import add_repeat_bias
 
 GROUP = 64  # columns per group for the group-max pruning
+NUMPY_MIN_ROWS = 8  # blocks of at least this many queries use numpy's matrix product on CPU
 
 
 def group_columns(groups: torch.Tensor) -> torch.Tensor:
@@ -49,9 +50,10 @@ def group_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 class DotProductIndex:
     """Exact top-k of ``q @ W.T + b`` over a fixed item matrix W (V, D); ``banned_columns`` are never returned.
 
-    On CPU the scores come from numpy's matrix product with the bias folded in as one more
-    dimension (``[q, 1] @ [W, b].T``): for these short-and-wide products (a few dozen queries
-    against the whole catalogue) it measured 2-4x faster than ``torch.addmm`` here.
+    The bias is folded in as one more dimension (``[q, 1] @ [W, b].T``). On CPU, blocks of
+    ``NUMPY_MIN_ROWS`` or more queries use numpy's matrix product: for these short-and-wide
+    products (a few dozen queries against the whole catalogue) it measured 2-4x faster than
+    ``torch.addmm`` here; single sessions stay on torch (its threads, no BLAS pool to wake).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, chunk: int = 32,
@@ -89,7 +91,7 @@ class DotProductIndex:
 
     def score_block(self, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Return ``out`` (n, V) filled with the scores of queries q (n, D + 1)."""
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and len(q) >= NUMPY_MIN_ROWS:
             np.matmul(q.numpy(), self.wt.numpy(), out=out.numpy())
             return out
-        return torch.mm(q, self.wt, out=out)
+        return torch.mm(q, self.wt, out=out)  # GPU, or one session (numpy's BLAS threads are slower to wake there)

@@ -31,7 +31,7 @@ from seqrec.models.base import Recommender
 from seqrec.models.repeat import add_repeat_bias, repeat_strength
 from seqrec.sequences import ItemVocab, SessionDataset
 from seqrec.training import (make_validator, neural_state, AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
-                             set_seed, warm_start_embedding)
+                             set_seed, use_amp, warm_start_embedding)
 
 
 # --------------------------------------------------------------------------- batching
@@ -468,6 +468,11 @@ class GRU4Rec(Recommender):
         net.eval()
         try:
             hidden = torch.zeros(c.layers, x.shape[0], c.hidden, device=self.device)  # (L, B, h)
+            if c.embedding != "onehot" and len(last) and not use_amp(self.training, self.device):
+                # the same cells over the whole (padded) sequence in one call; outputs at t only see items <= t
+                params = [w for l in range(c.layers) for w in (net.W_ih[l].T, net.W_hh[l].T, net.b_ih[l], net.b_hh[l])]
+                states, _ = torch.gru(net.input_weights()[x], hidden, params, True, c.layers, 0.0, False, False, True)
+                return states[torch.arange(len(last), device=self.device), last]  # (B, h)
             out = torch.zeros(x.shape[0], c.hidden, device=self.device)  # (B, h)
             for t in range(int(last.max()) + 1 if len(last) else 0):
                 with autocast_for(self.training, self.device):
