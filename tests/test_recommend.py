@@ -13,6 +13,7 @@ from seqrec.config import SasRecConfig, TrainingConfig
 from seqrec.io import save_checkpoint
 from seqrec.models.sasrec import SASRec
 from seqrec.recommend import (
+    encode_ids,
     encode_sessions,
     load_model,
     read_sessions_file,
@@ -50,6 +51,14 @@ def test_encode_sessions_drops_and_counts_unknown_ids():
     np.testing.assert_array_equal(enc.items, [[2, 1], [0, 0], [10, 0]])
     np.testing.assert_array_equal(enc.lengths, [2, 0, 1])
     assert enc.unknown_items == 3
+
+
+def test_few_and_many_ids_encode_the_same():
+    ids = [IDS[k % N_ITEMS] if k % 7 else f"ghost-{k}" for k in range(600)]  # every 7th id unknown
+    many = encode_ids(ids, VOCAB)  # hashed-index path
+    few = np.concatenate([encode_ids(ids[i : i + 100], VOCAB) for i in range(0, 600, 100)])  # dict path
+    np.testing.assert_array_equal(many, few)
+    assert many[0] == 0 and many[1] == 2 and many[10] == 1  # "ghost-0" unknown; IDS[1] is dense 2; IDS[0] is 1
 
 
 def test_top_k_unseen_skips_padding_and_seen_items():

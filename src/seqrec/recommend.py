@@ -133,21 +133,29 @@ def model_vocab(model: Recommender, vocab: ItemVocab | None = None) -> ItemVocab
     return vocab
 
 
-def vocab_index(vocab: ItemVocab) -> pd.Index:
-    """Return a hashed index of the vocabulary's real ids, built once per vocabulary."""
+def vocab_index(vocab: ItemVocab) -> tuple[pd.Index, dict[str, int]]:
+    """Return a hashed index and a dict (id -> dense index) of the vocabulary's real ids, built once per vocabulary."""
     cached = _VOCAB_INDEX.get(id(vocab.ids))
     if cached is None or cached[0] is not vocab.ids:
         if len(_VOCAB_INDEX) > 8:
             _VOCAB_INDEX.clear()
-        cached = _VOCAB_INDEX[id(vocab.ids)] = (vocab.ids, pd.Index(vocab.ids[1:].astype(str)))
+        ids = vocab.ids[1:].astype(str)
+        cached = _VOCAB_INDEX[id(vocab.ids)] = (vocab.ids, (pd.Index(ids), dict(zip(ids.tolist(), range(1, len(ids) + 1)))))
     return cached[1]
+
+
+def encode_ids(flat: list[str], vocab: ItemVocab) -> np.ndarray:
+    """Return dense indices (N,) of original ids, 0 where unknown: a dict for a few ids, the hashed index for many."""
+    index, lookup = vocab_index(vocab)
+    if len(flat) <= 256:  # one request: building pandas arrays costs more than the look-ups
+        return np.fromiter((lookup.get(i, PAD) for i in flat), dtype=np.int64, count=len(flat))
+    return index.get_indexer(np.array(flat, dtype=object)) + 1
 
 
 def encode_sessions(sessions: Sequence[Sequence[str]] | Sequence[np.ndarray], vocab: ItemVocab) -> EncodedSessions:
     """Return sessions as dense left-aligned arrays, unknown ids removed and counted."""
     sizes = np.fromiter(map(len, sessions), dtype=np.int64, count=len(sessions))
-    flat = np.array([str(i) for i in chain.from_iterable(sessions)], dtype=object)
-    codes = vocab_index(vocab).get_indexer(flat) + 1  # (N,), 0 = unknown
+    codes = encode_ids([str(i) for i in chain.from_iterable(sessions)], vocab)  # (N,), 0 = unknown
     known = codes > PAD
     rows = np.repeat(np.arange(len(sizes)), sizes)[known]
     lengths = np.bincount(rows, minlength=len(sizes)).astype(np.int64)  # (B,)

@@ -318,7 +318,8 @@ class SASRec(Recommender):
         """Return hidden states (B, L, D) as float32 ((B, 1, D) ``last_only``), in eval mode (autocast on CUDA)."""
         if self.net is None:
             raise RuntimeError("SASRec is not fitted: call fit() or SASRec.from_state_dict() first")
-        self.net.eval()
+        if self.net.training:  # (eval() walks every module: skipped on the per-request path)
+            self.net.eval()
         with autocast_for(self.training, self.device):
             return self.net(seq.to(self.device), last_only).float()
 
