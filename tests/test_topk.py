@@ -88,3 +88,16 @@ def test_top_k_rows_ranks_a_broadcast_row_once_with_the_same_answer():
     ref_idx, ref_values = top_k_unseen(torch.from_numpy(np.tile(row, (3, 1))), torch.as_tensor(items), 5, True)
     assert torch.equal(idx, ref_idx) and torch.equal(values, ref_values)
     assert int(np.argmax(row)) not in idx[0].tolist() and int(np.argmax(row)) in idx[1].tolist()
+
+
+def test_searches_from_several_threads_agree_and_restore_the_thread_count():
+    from concurrent.futures import ThreadPoolExecutor
+
+    gen = torch.Generator().manual_seed(5)
+    w, q = torch.randn(2000, 16, generator=gen), torch.randn(40, 16, generator=gen)
+    index, before = DotProductIndex(w), torch.get_num_threads()
+    expected = index.search(q, 5)[1]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: index.search(q, 5)[1], range(8)))
+    assert all(torch.equal(r, expected) for r in results)
+    assert torch.get_num_threads() == before

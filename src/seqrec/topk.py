@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import numpy as np
 import torch
@@ -48,20 +49,27 @@ def group_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     return values, cols.gather(1, pos)
 
 
+_THREADS_LOCK = threading.Lock()  # the thread count is process-wide: one holder at a time
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Hold torch's intra-op pool at ``n`` threads inside the block (None: leave it), then restore it.
 
     numpy's BLAS brings its own threads for the catalogue product; with torch's pool also awake
-    the two fight over the cores (measured: 3.4k vs 7.6k SASRec sessions/s on 2 cores).
+    the two fight over the cores (measured: 3.4k vs 6.8k SASRec sessions/s on 2 cores). The
+    setting is process-wide, so blocks from several threads run one at a time (each uses
+    every core anyway) and the count is always restored to what it was.
     """
-    before = torch.get_num_threads()
-    if n is not None and n != before:
-        torch.set_num_threads(n)
-    try:
+    if n is None:
         yield
-    finally:
-        if torch.get_num_threads() != before:
+        return
+    with _THREADS_LOCK:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
             torch.set_num_threads(before)
 
 
