@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 MODEL_MODULES = ("seqrec.models.sasrec", "seqrec.models.gru4rec", "seqrec.models.baselines", "seqrec.models.bprmf")
 MODEL_TYPES: dict[str, type[Recommender]] = {}
-_VOCAB_INDEX: dict[int, tuple[np.ndarray, pd.Index]] = {}  # id(vocab.ids) -> (ids, hashed index)
+_VOCAB_INDEX: dict[int, tuple[np.ndarray, tuple[pd.Index, dict[str, int]]]] = {}  # id(vocab.ids) -> (ids, (index, dict))
 SCORE_ROWS = 64  # sessions scored per block by models without a dot-product output layer
 _DOT_INDEX: "weakref.WeakKeyDictionary[Recommender, tuple[tuple, DotProductIndex]]" = weakref.WeakKeyDictionary()
 

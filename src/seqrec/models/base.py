@@ -23,7 +23,6 @@ from abc import ABC, abstractmethod
 from typing import Iterator
 
 import numpy as np
-
 import torch
 
 from seqrec.sequences import ItemVocab, SessionDataset

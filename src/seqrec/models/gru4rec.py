@@ -301,7 +301,7 @@ class Gru4RecNet(nn.Module):
         # score each distinct row once (R <= B + K: repeated samples cost nothing), then spread to K columns
         scores = torch.addmm(rows[:, -1], states[-1], rows[:, :-1].T).index_select(1, pos)  # (B, K) with bias
         if self.repeat is not None:
-            scores = scores + repeat_strength(self.repeat, states[-1])[:, None] * seen_out  # (B, K)
+            scores = scores + self.repeat_beta(states[-1])[:, None] * seen_out  # (B, K)
         return states, self.final_activation(scores)  # (B, K)
 
     def final_activation(self, scores: torch.Tensor) -> torch.Tensor:
@@ -313,9 +313,14 @@ class Gru4RecNet(nn.Module):
     def score_all(self, top: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Return scores (B, V) of the top-layer states against the whole catalogue; ``prefix`` (B, L): items seen."""
         scores = top @ self.Wy.T + self.By.T  # (B, V)
-        if self.repeat is not None and prefix is not None:
-            scores = add_repeat_bias(scores, prefix, repeat_strength(self.repeat, top))
+        beta = self.repeat_beta(top)
+        if beta is not None and prefix is not None:
+            scores = add_repeat_bias(scores, prefix, beta)
         return self.final_activation(scores)
+
+    def repeat_beta(self, top: torch.Tensor) -> torch.Tensor | None:
+        """Return the repeat bias beta (B,) for top-layer states (B, h), or None without ``repeat_bias``."""
+        return None if self.repeat is None else repeat_strength(self.repeat, top)
 
 
 # --------------------------------------------------------------------------- the recommender
@@ -493,7 +498,8 @@ class GRU4Rec(Recommender):
 
     def repeat_bias(self, query: torch.Tensor) -> torch.Tensor | None:
         """Return beta (B,) for items already in the session (``repeat_bias`` models), else None."""
-        return None if self.net.repeat is None else repeat_strength(self.net.repeat.detach(), query)
+        with torch.no_grad():
+            return self.net.repeat_beta(query)
 
     def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Return full-catalogue scores (B, n_items + 1) after each row's prefix: the catalogue is scored once."""

@@ -161,8 +161,9 @@ def prefix_pairs(inputs: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor
     pairs = keep[:, :, None] & upto[None] & (inputs != PAD)[:, None, :]  # (B, L, L) over (b, p, q)
     row_of = (keep.flatten().cumsum(0) - 1).view(B, L)  # (B, L) row of position (b, p) in hidden[keep]
     b, p, q = pairs.nonzero(as_tuple=True)
-    key = torch.unique(row_of[b, p] * (int(inputs.max()) + 1) + inputs[b, q])  # dedupe repeated items
-    return key // (int(inputs.max()) + 1), key % (int(inputs.max()) + 1)
+    base = int(inputs.max()) + 1  # (row, item) -> row * base + item, unique per pair
+    key = torch.unique(row_of[b, p] * base + inputs[b, q])  # dedupe repeated items
+    return key // base, key % base
 
 
 def sampled_softmax_loss(
