@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from seqrec.config import Gru4RecConfig, SasRecConfig, TrainingConfig
 from seqrec.models.gru4rec import GRU4Rec
-from seqrec.models.repeat import add_repeat_bias
+from seqrec.models.repeat import RepeatHead, RepeatTerm, add_repeat_bias, last_window
 from seqrec.models.sasrec import SASRec, prefix_pairs
 from seqrec.recommend import recommend_topk, top_k_unseen
 from seqrec.sequences import ItemVocab, SessionDataset
@@ -21,6 +23,29 @@ def test_add_repeat_bias_boosts_each_prefix_item_once_and_never_padding():
     scores = torch.zeros(2, 6)
     out = add_repeat_bias(scores, torch.tensor([[1, 1, 3], [0, 0, 0]]), torch.tensor([2.0, 5.0]))
     assert out.tolist() == [[0, 2, 0, 2, 0, 0], [0, 0, 0, 0, 0, 0]]  # item 1 twice in the prefix: +2 once
+
+
+def test_repeat_mixture_scores_are_the_mixture_log_probabilities_up_to_a_row_constant():
+    # explore: uniform over items 1..4 (p = 1/4 each); repeat: prefix 1 2 1 with position weights 1/4 1/2 1/4,
+    # so R(1) = R(2) = 1/2; g = sigmoid(0) = 1/2. p(1) = p(2) = 1/2 * 1/2 + 1/2 * 1/4 = 3/8, p(3) = p(4) = 1/8.
+    scores = torch.tensor([[-math.inf, 0.0, 0.0, 0.0, 0.0]])
+    term = RepeatTerm(torch.tensor([[1, 2, 1]]), log_w=torch.tensor([[0.25, 0.5, 0.25]]).log(), gate=torch.zeros(1))
+    out = term.apply(scores)
+    # rank score = log p - log(1 - g) + logsumexp(l) = log(8 p): log 3 for the session's items, 0 for the others
+    torch.testing.assert_close(out, torch.tensor([[-math.inf, math.log(3), math.log(3), 0.0, 0.0]]))
+
+
+def test_repeat_head_mass_and_likelihood_have_known_values():
+    head = RepeatHead(dim=2, window=4)  # zero query and recency: uniform attention; zero gate: g = 1/2
+    items = torch.tensor([[0, 5, 7, 5]])  # left-padded window: three real positions
+    valid = (items != 0)[:, None, :]
+    log_w = head.log_weights(torch.zeros(1, 1, 2), torch.randn(1, 4, 2), torch.tensor([[3, 2, 1, 0]]), valid)
+    torch.testing.assert_close(log_w.exp()[0, 0, 1:], torch.full((3,), 1 / 3))
+    mass = head.target_log_mass(log_w, items, torch.tensor([[5]]), valid).exp()
+    torch.testing.assert_close(mass, torch.tensor([[2 / 3]]))  # item 5 holds two of the three positions
+    nll = head.mixture_nll(mass.log()[0], torch.zeros(1), torch.tensor([math.log(0.1)]))
+    torch.testing.assert_close(nll, -torch.tensor([0.5 * 2 / 3 + 0.5 * 0.1]).log())
+    assert last_window(torch.tensor([[3, 4, 5, 6, 0], [9, 0, 0, 0, 0]]), 3).tolist() == [[4, 5, 6], [0, 0, 9]]
 
 
 def test_prefix_pairs_lists_the_items_up_to_each_kept_position():
@@ -49,13 +74,13 @@ def hit_rate_at_2_after_two_items(model, data: SessionDataset) -> float:
     return float(np.mean(hits))
 
 
-def build(name: str, repeat_bias: bool):
-    """Return a small GRU4Rec or SASRec with or without the repeat bias."""
+def build(name: str, repeat_bias: bool, repeat_mixture: bool = False):
+    """Return a small GRU4Rec or SASRec with or without the repeat bias (or the repeat mixture)."""
+    terms = {"repeat_bias": repeat_bias, "repeat_mixture": repeat_mixture}
     if name == "gru4rec":
-        cfg = Gru4RecConfig(hidden=16, batch_size=16, n_sample=32, epochs=4, lr=0.1, dropout_hidden=0.0, repeat_bias=repeat_bias)
+        cfg = Gru4RecConfig(hidden=16, batch_size=16, n_sample=32, epochs=4, lr=0.1, dropout_hidden=0.0, **terms)
         return GRU4Rec(cfg, TRAIN)
-    cfg = SasRecConfig(dim=16, heads=2, ffn=32, blocks=1, max_len=8, epochs=6, batch_size=32, lr=5e-3, dropout=0.0,
-                       repeat_bias=repeat_bias)
+    cfg = SasRecConfig(dim=16, heads=2, ffn=32, blocks=1, max_len=8, epochs=6, batch_size=32, lr=5e-3, dropout=0.0, **terms)
     return SASRec(cfg, TRAIN)
 
 
@@ -71,8 +96,16 @@ def test_repeat_bias_learns_to_revisit_items_the_plain_model_cannot_place(name):
 
 
 @pytest.mark.parametrize("name", ["gru4rec", "sasrec"])
-def test_recommend_with_repeat_bias_equals_full_scoring(name):
-    model = build(name, True).fit(revisit_sessions(100))
+def test_repeat_mixture_learns_to_revisit_items_the_plain_model_cannot_place(name):
+    train, test = revisit_sessions(400, seed=0), revisit_sessions(60, seed=1)
+    model = build(name, False, repeat_mixture=True).fit(train)
+    assert model.net.repeat_head.recency.abs().sum().item() > 0  # the head learned
+    assert hit_rate_at_2_after_two_items(model, test) > 0.9  # measured: 1.0 for both (plain: 0.43 / 0.71)
+
+
+@pytest.mark.parametrize("name,mixture", [("gru4rec", False), ("sasrec", False), ("gru4rec", True), ("sasrec", True)])
+def test_recommend_with_a_repeat_term_equals_full_scoring(name, mixture):
+    model = build(name, not mixture, mixture).fit(revisit_sessions(100))
     items, lengths = np.array([[5, 9, 5], [7, 0, 0]]), np.array([3, 1])
     idx, values = recommend_topk(model, items, lengths, k=6, exclude_seen=False)
     ref_idx, ref_values = top_k_unseen(torch.from_numpy(model.score_last(items, lengths)), torch.as_tensor(items), 6, False)
@@ -84,3 +117,12 @@ def test_recommend_with_repeat_bias_equals_full_scoring(name):
 def test_sasrec_repeat_bias_needs_full_cross_entropy():
     with pytest.raises(ValueError, match="repeat_bias=true needs loss=cross-entropy"):
         SasRecConfig(repeat_bias=True, loss="bce")
+
+
+def test_repeat_options_are_alternatives_and_the_mixture_needs_probabilities():
+    with pytest.raises(ValueError, match="repeat_bias and repeat_mixture are alternatives"):
+        SasRecConfig(repeat_bias=True, repeat_mixture=True)
+    with pytest.raises(ValueError, match="gru4rec.repeat_mixture=true needs loss=cross-entropy"):
+        Gru4RecConfig(repeat_mixture=True, loss="bpr-max")
+    with pytest.raises(ValueError, match="needs final_act=linear and n_sample > 0"):
+        Gru4RecConfig(repeat_mixture=True, n_sample=0)

@@ -47,6 +47,37 @@ def test_dot_product_index_is_exact_with_banned_items():
     torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-5)
 
 
+def test_certified_bf16_pass_certifies_clear_rows_and_returns_the_exact_answer():
+    gen = torch.Generator().manual_seed(2)
+    w, b = torch.randn(5001, 32, generator=gen) * 0.2, torch.randn(5001, generator=gen)
+    q = torch.randn(64, 33, generator=gen)
+    q[:, -1] = 1.0  # the bias column, as search() appends it
+    index = DotProductIndex(w, b)
+    values, idx = torch.empty(64, 10), torch.empty(64, 10, dtype=torch.int64)
+    ok = index.certified_block(q, 10, None, values, idx)
+    assert index.certified and bool(ok.all())  # random scores: the top 64 approximate items leave a wide margin
+    ref_values, ref_idx = brute_force(q[:, :-1], w, b, 10)
+    assert torch.equal(idx.sort(1).values, ref_idx.sort(1).values)
+    torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_the_bf16_bound_cannot_certify_are_scored_again_in_float32():
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(4001, 16, generator=gen)
+    w[1:201] = w[1] + 1e-4 * torch.randn(200, 16, generator=gen)  # 200 near-ties: bf16 cannot order them
+    q = torch.randn(32, 16, generator=gen)
+    q[:16] = w[1] * 10  # rows 0..15 look straight at the near-ties
+    index = DotProductIndex(w)
+    values, idx = torch.empty(32, 10), torch.empty(32, 10, dtype=torch.int64)
+    qb = torch.cat([q, torch.ones(32, 1)], 1)
+    ok = index.certified_block(qb, 10, None, values, idx)
+    assert not ok[:16].any()  # the bound says: not provably exact
+    values, idx = index.search(q, 10)  # ... so search scores those rows in float32
+    ref_values, ref_idx = brute_force(q, w, None, 10)
+    assert torch.equal(idx.sort(1).values, ref_idx.sort(1).values)
+    torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-5)
+
+
 def test_rows_with_fewer_allowed_items_than_k_end_in_minus_infinity():
     w = torch.eye(5)  # items 1..4 (0 is padding)
     q = torch.ones(1, 5)

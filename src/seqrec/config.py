@@ -287,6 +287,16 @@ class Gru4RecConfig(Section):
     init_from_embeddings: bool = False
     init_projection: Literal["project", "error"] = "project"  # warm start with other dims: PCA or error
     repeat_bias: bool = False  # extension, not in the papers: + learned beta(h) for items already in the session
+    repeat_mixture: bool = False  # extension: repeat/explore mixture head over the session's items (models/repeat.py)
+    repeat_window: int = Field(50, gt=0)  # repeat_mixture: the last items of the session it attends to
+
+    @model_validator(mode="after")
+    def _repeat_options(self) -> "Gru4RecConfig":
+        check_repeat_options("gru4rec", self.repeat_bias, self.repeat_mixture, self.loss, bias_any_loss=True)
+        if self.repeat_mixture and (self.final_act != "linear" or not self.n_sample):
+            raise ValueError(f"models.gru4rec.repeat_mixture=true needs final_act=linear and n_sample > 0 "
+                             f"(got final_act={self.final_act!r}, n_sample={self.n_sample})")
+        return self
 
 
 class SasRecConfig(Section):
@@ -313,14 +323,24 @@ class SasRecConfig(Section):
     init_from_embeddings: bool = False
     init_projection: Literal["project", "error"] = "project"  # warm start with other dims: PCA or error
     repeat_bias: bool = False  # extension, not in the paper: + learned beta(h) for items already in the sequence
+    repeat_mixture: bool = False  # extension: repeat/explore mixture head over the sequence's items (models/repeat.py)
+    repeat_window: int = Field(50, gt=0)  # repeat_mixture: the last items of the sequence it attends to
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SasRecConfig":
         if self.dim % self.heads:
             raise ValueError(f"models.sasrec.dim={self.dim} is not divisible by heads={self.heads}")
-        if self.repeat_bias and self.loss != "cross-entropy":
-            raise ValueError(f"models.sasrec.repeat_bias=true needs loss=cross-entropy, not {self.loss!r}")
+        check_repeat_options("sasrec", self.repeat_bias, self.repeat_mixture, self.loss)
         return self
+
+
+def check_repeat_options(model: str, bias: bool, mixture: bool, loss: str, bias_any_loss: bool = False) -> None:
+    """Raise unless at most one repeat term is on, each with a loss it can train with (the mixture: cross-entropy)."""
+    if bias and mixture:
+        raise ValueError(f"models.{model}: repeat_bias and repeat_mixture are alternatives; set one of them")
+    for key, on in (("repeat_bias", bias and not bias_any_loss), ("repeat_mixture", mixture)):
+        if on and loss != "cross-entropy":
+            raise ValueError(f"models.{model}.{key}=true needs loss=cross-entropy, not {loss!r}")
 
 
 class ItemKnnConfig(Section):

@@ -219,8 +219,8 @@ def recommend_topk(
             raise ValueError(f"k={k} must be between 1 and the catalogue size {index.n_items - 1}")
         banned = torch.as_tensor(items) if exclude_seen else None  # (B, L); padding (0) is banned anyway
         query = model.query_vectors(items, lengths)  # (B, D)
-        beta = None if exclude_seen else model.repeat_bias(query)  # seen items excluded: nothing to boost
-        values, idx = index.search(query, k, banned, boost=None if beta is None else (torch.as_tensor(items), beta))
+        repeat = None if exclude_seen else model.repeat_term(query, torch.as_tensor(items))  # seen excluded: nothing to boost
+        values, idx = index.search(query, k, banned, repeat=repeat)
         none_left = values == float("-inf")  # (B, k) fewer than k allowed items (before the activation maps -inf)
         values = model.final_activation(values).float().masked_fill(none_left, float("-inf"))
         return idx.masked_fill(none_left, PAD).cpu().numpy(), values.cpu().numpy()

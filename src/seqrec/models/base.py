@@ -20,12 +20,15 @@ with ``seqrec.topk.DotProductIndex`` without materialising the full score matrix
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 
 from seqrec.sequences import ItemVocab, SessionDataset
+
+if TYPE_CHECKING:
+    from seqrec.models.repeat import RepeatTerm
 
 
 class Recommender(ABC):
@@ -61,8 +64,8 @@ class Recommender(ABC):
         """Return the (B, D) float32 vectors that ``output_layer`` scores (dot-product models only)."""
         raise NotImplementedError(f"{type(self).__name__} is not a dot-product scorer")
 
-    def repeat_bias(self, query: torch.Tensor) -> torch.Tensor | None:
-        """Return the (B,) boost a dot-product model adds to items already in the session, or None (no such term)."""
+    def repeat_term(self, query: torch.Tensor, items: torch.Tensor) -> "RepeatTerm | None":
+        """Return what a dot-product model adds to the items of each row's prefix (B, L) for queries (B, D), or None."""
         return None
 
     def final_activation(self, scores: torch.Tensor) -> torch.Tensor:

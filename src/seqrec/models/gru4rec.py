@@ -28,8 +28,8 @@ from torch import nn
 
 from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig, config_to_dict
 from seqrec.models.base import Recommender
-from seqrec.models.repeat import add_repeat_bias, repeat_strength
-from seqrec.sequences import ItemVocab, SessionDataset
+from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength
+from seqrec.sequences import PAD, ItemVocab, SessionDataset
 from seqrec.training import (make_validator, neural_state, AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
                              set_seed, use_amp, warm_start_embedding)
 
@@ -232,6 +232,7 @@ class Gru4RecNet(nn.Module):
         self.Wyb = nn.Parameter(torch.cat([uniform_init(v, h, fan_in=v, fan_out=h).data, torch.zeros(v, 1)], 1))
         self.register_load_state_dict_pre_hook(merge_output_bias)
         self.repeat = nn.Parameter(torch.zeros(h + 1)) if cfg.repeat_bias else None  # (h + 1,) beta(h) = w.h + c
+        self.repeat_head = RepeatHead(h, cfg.repeat_window) if cfg.repeat_mixture else None
         if cfg.embedding == "onehot":
             self.Wx = gate_init(v, h)  # (V, 3h): one-hot input times W_ih == a row of W_ih
         elif cfg.embedding == "separate":
@@ -313,10 +314,18 @@ class Gru4RecNet(nn.Module):
     def score_all(self, top: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Return scores (B, V) of the top-layer states against the whole catalogue; ``prefix`` (B, L): items seen."""
         scores = top @ self.Wy.T + self.By.T  # (B, V)
-        beta = self.repeat_beta(top)
-        if beta is not None and prefix is not None:
-            scores = add_repeat_bias(scores, prefix, beta)
+        term = None if prefix is None else self.repeat_term(top, prefix)
+        if term is not None:
+            scores[:, PAD] = -math.inf  # out of the mixture's normaliser
+            scores = term.apply(scores)
         return self.final_activation(scores)
+
+    def repeat_term(self, top: torch.Tensor, items: torch.Tensor) -> RepeatTerm | None:
+        """Return the repeat term for top-layer states (B, h) after prefixes (B, L), or None without one."""
+        items = items.to(top.device)
+        if self.repeat is not None:
+            return RepeatTerm(items, beta=repeat_strength(self.repeat, top))
+        return None if self.repeat_head is None else self.repeat_head.window_term(top, items, self.Wy)
 
     def repeat_beta(self, top: torch.Tensor) -> torch.Tensor | None:
         """Return the repeat bias beta (B,) for top-layer states (B, h), or None without ``repeat_bias``."""
@@ -393,11 +402,15 @@ class GRU4Rec(Recommender):
         steps = tuple(torch.as_tensor(a, device=self.device) for a in (plan.inputs, plan.targets, plan.resets))
         support = train.item_support()
         self.log_support = torch.log(torch.as_tensor(support, dtype=torch.float32).clamp_min(1.0)).to(self.device)  # (V,)
+        scaled = c.sample_alpha * self.log_support  # (V,) log support^alpha: the samples' log probability, normalised
+        self.log_q_sample = scaled - torch.logsumexp(scaled[torch.as_tensor(support, device=self.device) > 0], 0)
 
         def make_batches(epoch: int) -> EpochBatches:
             self.hidden = torch.zeros(c.layers, c.batch_size, c.hidden, device=self.device)  # (L, B, h)
             if c.repeat_bias:  # (B, V + 1) items of each slot's session so far
                 self.seen = torch.zeros(c.batch_size, train.vocab.size + 1, dtype=torch.bool, device=self.device)
+            if c.repeat_mixture:  # (B, W) each slot's last items, left-padded, the current one last
+                self.window = torch.zeros(c.batch_size, c.repeat_window, dtype=torch.int64, device=self.device)
             size = min(c.sample_store, plan.n_steps * c.n_sample)  # an epoch never needs more
             store = SampleStore(support, c.sample_alpha, size, c.n_sample, (self.training.seed, epoch)) if c.n_sample else None
             return EpochBatches(steps, store)
@@ -411,13 +424,16 @@ class GRU4Rec(Recommender):
 
     def loop_state(self) -> dict:
         """Return the session-parallel state a resumed epoch needs (hidden states, seen items)."""
-        return {"hidden": self.hidden, **({"seen": self.seen} if self.cfg.repeat_bias else {})}
+        return {"hidden": self.hidden, **({"seen": self.seen} if self.cfg.repeat_bias else {}),
+                **({"window": self.window} if self.cfg.repeat_mixture else {})}
 
     def set_loop_state(self, state: dict) -> None:
         """Restore ``loop_state()`` onto this model's device."""
         self.hidden = state["hidden"].to(self.device)
         if "seen" in state:
             self.seen = state["seen"].to(self.device)
+        if "window" in state:
+            self.window = state["window"].to(self.device)
 
     def train_step(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]:
         """Return the summed loss of one session-parallel step and its number of targets."""
@@ -429,9 +445,30 @@ class GRU4Rec(Recommender):
             self.seen[reset] = False
             self.seen[torch.arange(len(x), device=x.device), x] = True
             seen_out = self.seen.index_select(1, out_items).float()  # (B, K)
+        if self.cfg.repeat_mixture:
+            self.window = torch.cat([self.window[:, 1:].masked_fill(reset[:, None], PAD), x[:, None]], 1)  # (B, W)
         states, scores = self.net.train_forward(x, hidden, out_items, seen_out)  # (L, B, h), (B, K) positives on the diagonal
         self.hidden = states.detach()  # no BPTT
-        return self.loss_rows(scores, out_items).sum(), len(y)
+        loss = self.loss_rows(scores, out_items)  # (B,)
+        if self.cfg.repeat_mixture:  # the paper's loss trains the network; the head learns next to it
+            loss = loss + self.mixture_rows(states[-1], scores, out_items, len(y))
+        return loss.sum(), len(y)
+
+    def mixture_rows(self, top: torch.Tensor, scores: torch.Tensor, out_items: torch.Tensor, n_batch: int) -> torch.Tensor:
+        """Return the repeat head's mixture NLL per slot (B,); network states and scores detached.
+
+        p_explore(y) = exp(s_y) / Z with Z estimated by importance sampling from the step's shared samples:
+        Z ~ mean_j exp(s_j) / q_j, q the support^alpha distribution they were drawn from.
+        """
+        head, s = self.net.repeat_head, scores.detach().float()  # (B, K)
+        samples = s[:, n_batch:] - self.log_q_sample.index_select(0, out_items[n_batch:])  # (B, n_sample)
+        explore_logp = s.diagonal() - (torch.logsumexp(samples, 1) - math.log(samples.shape[1]))  # (B,)
+        h, items, W = top.detach(), self.window, self.window.shape[1]
+        dist = (W - 1 - torch.arange(W, device=h.device))[None, :]  # (1, W)
+        valid = (items != PAD)[:, None, :]  # (B, 1, W)
+        log_w = head.log_weights(h[:, None, :], self.net.Wy.detach()[items], dist, valid)  # (B, 1, W)
+        log_mass = head.target_log_mass(log_w, items, out_items[:n_batch, None], valid)[:, 0]  # (B,)
+        return head.mixture_nll(log_mass, head.gate_logit(h), explore_logp)
 
     def loss_rows(self, scores: torch.Tensor, out_items: torch.Tensor) -> torch.Tensor:
         """Return the configured loss per row (B,) of a (B, K) score matrix."""
@@ -496,10 +533,10 @@ class GRU4Rec(Recommender):
         """Return scores through the configured (monotone) final activation."""
         return self.net.final_activation(scores)
 
-    def repeat_bias(self, query: torch.Tensor) -> torch.Tensor | None:
-        """Return beta (B,) for items already in the session (``repeat_bias`` models), else None."""
-        with torch.no_grad():
-            return self.net.repeat_beta(query)
+    @torch.no_grad()
+    def repeat_term(self, query: torch.Tensor, items: torch.Tensor) -> RepeatTerm | None:
+        """Return the repeat term for queries (B, h) after prefixes (B, L) (``repeat_bias`` / ``repeat_mixture``), else None."""
+        return self.net.repeat_term(query, items)
 
     def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Return full-catalogue scores (B, n_items + 1) after each row's prefix: the catalogue is scored once."""

@@ -1,19 +1,36 @@
-"""Repeat bias: an optional learned boost for items already in the session (an extension, off by default).
+"""Repeat terms: optional extensions for items already in the session (off by default, not in the papers).
 
 E-commerce sessions come back to items they have shown (a third of the targets of the real
 T-ECD marketplace day); S-POP scores exactly that, while GRU4Rec and SASRec have to recover
-every earlier item from their state, and lose to S-POP there. With ``repeat_bias: true`` a
-model adds ``beta(h) * [item j occurs in the prefix]`` to item j's score, where
-``beta(h) = w . h + c`` is learned with the rest of the network from the same loss. ``w`` and
-``c`` start at zero, so training starts from the unmodified model. Neither paper has this term:
-results with it are labelled "+ repeat bias".
+every earlier item from their state, and lose to S-POP there. Two options, each labelled in
+results ("+ repeat bias", "+ repeat mixture"):
+
+* ``repeat_bias``: adds ``beta(h) * [item j occurs in the prefix]`` to item j's score, with
+  ``beta(h) = w . h + c`` learned with the rest of the network from the same loss (``w``, ``c``
+  start at zero, so training starts from the unmodified model).
+* ``repeat_mixture`` (a repeat/explore mixture in the spirit of RepeatNet, Ren et al. AAAI 2019):
+  the next-item distribution is ``p(i) = g R(i) + (1 - g) softmax(l)_i``, where ``l`` are the
+  network's own scores (the explore part), ``g = sigmoid(w . h + c)`` the probability of a revisit,
+  and ``R`` an attention over the last ``window`` items of the session: position q gets weight
+  ∝ exp(h Q . e_q + r[distance]) (``e_q`` the item's output vector, ``r`` one learned value per
+  distance from the end), and an item's mass sums over its positions (so counts matter, as in
+  S-POP). The head is trained next to the network by the mixture's likelihood of the target
+  with the network's scores and state detached: the network itself trains exactly as published.
+  Ranking uses ``log p(i)`` up to a per-row constant: ``l_i`` for other items and
+  ``logaddexp(l_i, logit(g) + logsumexp(l) + log R(i))`` for items of the session.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from seqrec.sequences import PAD
+
+MASKED = -1e4  # log-weight of positions that cannot hold the target (finite: no NaN gradients)
 
 
 def repeat_strength(params: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -25,5 +42,82 @@ def add_repeat_bias(scores: torch.Tensor, items: torch.Tensor, beta: torch.Tenso
     """Return scores (B, V) with beta (B,) added once to each item of its row's prefix items (B, L), padding aside."""
     items = items.to(scores.device)
     boosted = scores.gather(1, items) + beta[:, None].to(scores.dtype)  # (B, L); a repeated item gets the same value
+    return put_prefix_scores(scores, items, boosted)
+
+
+def put_prefix_scores(scores: torch.Tensor, items: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Return scores (B, V) with values (B, L) written at the row's prefix items (B, L); padding positions skipped."""
     keep = items != PAD
-    return scores.scatter(1, torch.where(keep, items, 0), torch.where(keep, boosted, scores[:, :1]))  # pads rewrite col 0
+    return scores.scatter(1, torch.where(keep, items, 0), torch.where(keep, values, scores[:, :1]))  # pads rewrite col 0
+
+
+def last_window(items: torch.Tensor, window: int) -> torch.Tensor:
+    """Return the last ``window`` real items of each left-aligned, 0-padded row (B, L), left-padded (B, W)."""
+    lengths = (items != PAD).sum(1)  # (B,)
+    width = min(window, items.shape[1])
+    src = lengths[:, None] - width + torch.arange(width, device=items.device)[None, :]  # (B, W)
+    return items.gather(1, src.clamp(min=0)) * (src >= 0)  # (B, W)
+
+
+class RepeatHead(nn.Module):
+    """Gate and attention over the session's last ``window`` items (``repeat_mixture``); starts uniform, g = 0.5."""
+
+    def __init__(self, dim: int, window: int):
+        super().__init__()
+        self.window = window
+        self.query = nn.Parameter(torch.zeros(dim, dim))  # h -> query against the items' output vectors
+        self.recency = nn.Parameter(torch.zeros(window))  # one value per distance from the last item
+        self.gate = nn.Parameter(torch.zeros(dim + 1))  # logit(g) = w . h + c
+
+    def gate_logit(self, h: torch.Tensor) -> torch.Tensor:
+        """Return logit(g) (...,) for states h (..., D)."""
+        return h @ self.gate[:-1] + self.gate[-1]
+
+    def log_weights(self, h: torch.Tensor, keys: torch.Tensor, dist: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Return log attention (B, P, Q) of queries h (B, P, D) over positions with keys (B, Q, D).
+
+        ``dist`` (P, Q) or (B, P, Q): distance of position q from query p's last item; ``valid`` (B, P, Q).
+        """
+        logits = (h @ self.query) @ keys.transpose(1, 2)  # (B, P, Q)
+        logits = logits + self.recency[dist.clamp(0, self.window - 1)]
+        return torch.log_softmax(logits.masked_fill(~valid, MASKED), dim=-1)  # (B, P, Q)
+
+    def target_log_mass(self, log_w: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Return log R(target) (B, P): the attention mass (B, P, Q) on positions whose item (B, Q) is the target (B, P)."""
+        hit = valid & (items[:, None, :] == targets[:, :, None])  # (B, P, Q)
+        return torch.logsumexp(torch.where(hit, log_w, torch.full_like(log_w, MASKED)), dim=-1)  # (B, P)
+
+    def window_term(self, h: torch.Tensor, items: torch.Tensor, weight: torch.Tensor) -> "RepeatTerm":
+        """Return the scoring term for states h (B, D) after left-aligned prefixes (B, L); item vectors ``weight`` (V, D)."""
+        items = last_window(items.to(h.device), self.window)  # (B, W) left-padded, last item at column W - 1
+        W = items.shape[1]
+        dist = (W - 1 - torch.arange(W, device=h.device))[None, :]  # (1, W)
+        valid = (items != PAD)[:, None, :]  # (B, 1, W)
+        log_w = self.log_weights(h[:, None, :], weight[items], dist, valid)[:, 0]  # (B, W)
+        return RepeatTerm(items, log_w=log_w, gate=self.gate_logit(h))
+
+    def mixture_nll(self, log_mass: torch.Tensor, gate: torch.Tensor, explore_logp: torch.Tensor) -> torch.Tensor:
+        """Return -log(g R(y) + (1 - g) p_explore(y)) per target from log R(y), logit(g) and log p_explore(y)."""
+        return -torch.logaddexp(F.logsigmoid(gate) + log_mass, F.logsigmoid(-gate) + explore_logp)
+
+
+@dataclass
+class RepeatTerm:
+    """What a model adds to the scores of the items of each row's prefix (``apply``), for a batch of rows."""
+
+    items: torch.Tensor  # (B, L) prefix items, 0-padded
+    beta: torch.Tensor | None = None  # (B,) additive bias (repeat_bias)
+    log_w: torch.Tensor | None = None  # (B, L) log attention over positions (repeat_mixture)
+    gate: torch.Tensor | None = None  # (B,) logit(g) (repeat_mixture)
+
+    def apply(self, scores: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """Return scores (n, V) of rows ``rows`` with the term applied; columns at -inf stay out of the mixture's normaliser."""
+        items = self.items[rows].to(scores.device)  # (n, L)
+        if self.beta is not None:
+            return add_repeat_bias(scores, items, self.beta[rows].to(scores.device))
+        log_w, gate = self.log_w[rows].to(scores.device), self.gate[rows].to(scores.device)  # (n, L), (n,)
+        same = (items[:, :, None] == items[:, None, :]) & (items != PAD)[:, None, :]  # (n, L, L)
+        log_mass = torch.logsumexp(torch.where(same, log_w[:, None, :], torch.full_like(same, MASKED, dtype=log_w.dtype)), -1)  # (n, L)
+        lse = torch.logsumexp(scores, dim=1, keepdim=True)  # (n, 1) explore normaliser
+        own = scores.gather(1, items)  # (n, L)
+        return put_prefix_scores(scores, items, torch.logaddexp(own, gate[:, None] + lse + log_mass).to(scores.dtype))

@@ -28,7 +28,7 @@ from torch import nn
 
 from seqrec.config import EvaluationConfig, SasRecConfig, TrainingConfig, config_to_dict
 from seqrec.models.base import Recommender
-from seqrec.models.repeat import add_repeat_bias, repeat_strength
+from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength
 from seqrec.sequences import PAD, ItemVocab, SessionDataset
 from seqrec.training import (
     make_validator,
@@ -109,6 +109,7 @@ class SasRecNet(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
         self.out = None if cfg.tied else nn.Parameter(torch.empty(n_items + 1, cfg.dim))
         self.repeat = nn.Parameter(torch.zeros(cfg.dim + 1)) if cfg.repeat_bias else None  # beta(h) = w.h + c
+        self.repeat_head = RepeatHead(cfg.dim, min(cfg.repeat_window, cfg.max_len)) if cfg.repeat_mixture else None
         self.apply(init_weights)
         if self.out is not None:
             nn.init.normal_(self.out, std=0.02)
@@ -141,8 +142,8 @@ def init_weights(module: nn.Module) -> None:
 
 # --------------------------------------------------------------------------- losses
 def full_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                       boost: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Return the mean softmax cross-entropy over every real item (padding column excluded).
+                       boost: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Return the softmax cross-entropy over every real item (padding column excluded), mean or per row (``"none"``).
 
     ``boost`` = (rows (M,), items (M,), values (M,)): distinct (row, item) pairs whose logit gets + value.
     """
@@ -151,7 +152,7 @@ def full_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
         rows, items, values = boost
         logits = logits.index_put((rows, items), values.float(), accumulate=True)
     logits[:, PAD] = float("-inf")
-    return F.cross_entropy(logits, targets)
+    return F.cross_entropy(logits, targets, reduction=reduction)
 
 
 def prefix_pairs(inputs: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,13 +306,29 @@ class SASRec(Recommender):
             if self.net.repeat is not None:  # + beta(h) for every item already in the prefix
                 rows, items = prefix_pairs(inputs, keep)
                 boost = (rows, items, repeat_strength(self.net.repeat, h)[rows])
-            loss = full_cross_entropy(h, w, y, boost)
+            if self.net.repeat_head is None:
+                loss = full_cross_entropy(h, w, y, boost)
+            else:  # the network's loss as published, plus the repeat head's mixture likelihood
+                nll = full_cross_entropy(h, w, y, reduction="none")  # (N,) = -log p_explore(y)
+                loss = nll.mean() + self.mixture_loss(hidden, inputs, targets, keep, -nll.detach())
         elif self.cfg.loss == "bce":
             loss = bce_loss(h, w, y, torch.randint(1, w.shape[0], y.shape, device=y.device))  # (N,) uniform
         else:
             negatives = torch.multinomial(self.log_q.exp(), self.cfg.n_negatives, replacement=True)  # (K,)
             loss = sampled_softmax_loss(h, w, y, negatives, self.log_q)
         return loss, len(y)
+
+    def mixture_loss(self, hidden: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
+                     explore_logp: torch.Tensor) -> torch.Tensor:
+        """Return the repeat head's mean mixture NLL over kept positions; the network's states and scores detached."""
+        head, L = self.net.repeat_head, inputs.shape[1]
+        pos = torch.arange(L, device=inputs.device)
+        dist = pos[:, None] - pos[None, :]  # (P, Q) distance of item q from query p
+        valid = ((dist >= 0) & (dist < head.window))[None] & (inputs != PAD)[:, None, :]  # (B, P, Q)
+        h = hidden.detach()  # (B, L, D)
+        log_w = head.log_weights(h, self.net.output_weight().detach()[inputs], dist, valid)  # (B, P, Q)
+        log_mass = head.target_log_mass(log_w, inputs, targets, valid)[keep]  # (N,)
+        return head.mixture_nll(log_mass, head.gate_logit(h[keep]), explore_logp).mean()
 
     # ----------------------------------------------------------------- scoring
     @torch.no_grad()
@@ -328,14 +345,21 @@ class SASRec(Recommender):
     def scores_from_hidden(self, hidden: torch.Tensor, prefix: torch.Tensor | None = None) -> np.ndarray:
         """Return item scores (B, V + 1) float32 for hidden states (B, D); ``prefix`` (B, L): items seen so far."""
         scores = hidden @ self.net.output_weight().float().T  # (B, V + 1)
-        beta = self.repeat_bias(hidden)
-        if beta is not None and prefix is not None:
-            scores = add_repeat_bias(scores, prefix, beta)
+        term = None if prefix is None else self.repeat_term(hidden, prefix)
+        if term is not None:
+            scores[:, PAD] = float("-inf")  # out of the mixture's normaliser
+            scores = term.apply(scores)
         return scores.cpu().numpy()
 
-    def repeat_bias(self, query: torch.Tensor) -> torch.Tensor | None:
-        """Return beta (B,) for items already in the sequence (``repeat_bias`` models), else None."""
-        return None if self.net.repeat is None else repeat_strength(self.net.repeat.detach().float(), query)
+    @torch.no_grad()
+    def repeat_term(self, query: torch.Tensor, items: torch.Tensor) -> RepeatTerm | None:
+        """Return the repeat term for queries (B, D) after prefixes (B, L) (``repeat_bias`` / ``repeat_mixture``), else None."""
+        items = items.to(query.device)
+        if self.net.repeat is not None:
+            return RepeatTerm(items, beta=repeat_strength(self.net.repeat.float(), query))
+        if self.net.repeat_head is not None:
+            return self.net.repeat_head.window_term(query, items, self.net.output_weight().float())
+        return None
 
     def query_vectors(self, items: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
         """Return the hidden state (B, D) float32 at each row's last item (its last max_len items seen)."""
