@@ -23,6 +23,8 @@ from seqrec.config import Gru4RecConfig, SasRecConfig, TrainingConfig
 from seqrec.models.baselines import Markov, Popularity
 from seqrec.models.gru4rec import GRU4Rec
 from seqrec.models.sasrec import SASRec
+import seqrec.recommend
+import seqrec.topk
 from seqrec.recommend import recommend
 from seqrec.sequences import ItemVocab, SessionDataset
 
@@ -39,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default="sasrec,gru4rec,markov,popularity", help="comma-separated subset")
+    p.add_argument("--compare-fp32", action="store_true",
+                   help="dot-product models: also time the float32-only top-k (no certified bfloat16 pass) in this process")
     return p.parse_args()
 
 
@@ -96,8 +100,25 @@ def main() -> None:
     sessions = make_sessions(vocab, args.sessions, args.max_session, rng)
     for name, model in build_models(vocab, rng, [m.strip() for m in args.models.split(",") if m.strip()]).items():
         figures = time_model(model, vocab, sessions, args)
+        if args.compare_fp32 and model.output_layer() is not None:
+            figures.update(fp32_figures(model, vocab, sessions, args, figures["sessions_per_s"]))
         print(json.dumps({"model": name, "items": args.items, "sessions": args.sessions, "k": args.k,
                           "batch_size": args.batch_size, "threads": torch.get_num_threads(), **figures}), flush=True)
+
+
+def fp32_figures(model, vocab: ItemVocab, sessions: list[list[str]], args: argparse.Namespace, bf16_rate: int) -> dict:
+    """Return the float32-only top-k's throughput, its ratio to the certified bf16 pass, and whether both agree."""
+    fast = list(recommend(model, sessions[:512], k=args.k, vocab=vocab))
+    seqrec.topk.USE_BF16 = False
+    seqrec.recommend._DOT_INDEX.pop(model, None)  # rebuild the index without the bf16 copy
+    try:
+        plain = time_model(model, vocab, sessions, args)
+        same = list(recommend(model, sessions[:512], k=args.k, vocab=vocab)) == fast
+    finally:
+        seqrec.topk.USE_BF16 = True
+        seqrec.recommend._DOT_INDEX.pop(model, None)
+    return {"fp32_sessions_per_s": plain["sessions_per_s"], "bf16_vs_fp32": round(bf16_rate / plain["sessions_per_s"], 2),
+            "same_items_first_512": same}
 
 
 if __name__ == "__main__":

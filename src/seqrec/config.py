@@ -288,7 +288,10 @@ class Gru4RecConfig(Section):
     init_projection: Literal["project", "error"] = "project"  # warm start with other dims: PCA or error
     repeat_bias: bool = False  # extension, not in the papers: + learned beta(h) for items already in the session
     repeat_mixture: bool = False  # extension: repeat/explore mixture head over the session's items (models/repeat.py)
-    repeat_window: int = Field(50, gt=0)  # repeat_mixture: the last items of the session it attends to
+    repeat_window: int = Field(200, gt=0)  # repeat_mixture: the last items of the session it attends to
+    # repeat_mixture: "head" trains the network with its own loss and the head next to it (network detached);
+    # "joint" trains both by the mixture's likelihood alone (the network then explains what the head does not)
+    repeat_training: Literal["head", "joint"] = "head"
 
     @model_validator(mode="after")
     def _repeat_options(self) -> "Gru4RecConfig":
@@ -324,7 +327,10 @@ class SasRecConfig(Section):
     init_projection: Literal["project", "error"] = "project"  # warm start with other dims: PCA or error
     repeat_bias: bool = False  # extension, not in the paper: + learned beta(h) for items already in the sequence
     repeat_mixture: bool = False  # extension: repeat/explore mixture head over the sequence's items (models/repeat.py)
-    repeat_window: int = Field(50, gt=0)  # repeat_mixture: the last items of the sequence it attends to
+    repeat_window: int = Field(200, gt=0)  # repeat_mixture: the last items it attends to (recency learned up to max_len)
+    # repeat_mixture: "head" trains the network with its own loss and the head next to it (network detached);
+    # "joint" trains both by the mixture's likelihood alone (the network then explains what the head does not)
+    repeat_training: Literal["head", "joint"] = "head"
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SasRecConfig":

@@ -34,6 +34,7 @@ from seqrec.models.repeat import RepeatTerm
 GROUP = 64  # columns per group for the group-max pruning
 NUMPY_MIN_ROWS = 8  # blocks of at least this many queries use numpy's matrix product on CPU
 EXTRA = 54  # certified bf16 pass: approximate candidates kept beyond k (k = 10 -> 64)
+USE_BF16 = True  # the certified bfloat16 pass on CPU (benchmarks switch it off to measure the float32 path)
 BF16_ERROR = 2.0**-7  # |approx - exact| <= BF16_ERROR * |q| * max |w| (see the module docstring)
 
 
@@ -100,11 +101,12 @@ class DotProductIndex:
         self.wt[:, : self.n_items] = torch.cat([weight.detach().float(), bias[:, None]], 1).T
         self.banned_columns = list(banned_columns) + list(range(self.n_items, width))  # padding columns never win
         self.chunk = chunk
-        self.certified = self.device.type == "cpu" and torch.backends.mkldnn.is_available()
+        self.certified = USE_BF16 and self.device.type == "cpu" and torch.backends.mkldnn.is_available()
         if self.certified:  # bfloat16 copy for the approximate pass, float32 rows for the exact rescoring
-            self.wt_bf16 = self.wt.bfloat16()  # (D + 1, V')
             self.rows = self.wt.T.contiguous()  # (V', D + 1)
             self.max_norm = float(self.rows.norm(dim=1).max())
+            self.wt_bf16 = self.wt.bfloat16()  # (D + 1, V')
+            self.wt_bf16[-1, self.banned_columns] = -math.inf  # bias -inf: banned columns score -inf in the product
 
     def search(self, q: torch.Tensor, k: int, banned: torch.Tensor | None = None,
                repeat: RepeatTerm | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +121,8 @@ class DotProductIndex:
         values = torch.empty(len(q), k, device=self.device)
         index = torch.empty(len(q), k, dtype=torch.int64, device=self.device)
         block = torch.empty(min(self.chunk, len(q)), self.wt.shape[1], device=self.device)  # (chunk, V') reused
-        with torch_threads(1 if self.device.type == "cpu" else None):  # numpy BLAS or a one-row product
+        numpy_blas = self.device.type == "cpu" and not (self.certified and repeat is None)  # else torch's bf16 product
+        with torch_threads(1 if numpy_blas else None):  # numpy's BLAS (or a one-row product) takes the cores
             self.search_blocks(q, k, banned, repeat, block, values, index)
         return values, index
 
@@ -152,8 +155,7 @@ class DotProductIndex:
 
     def certified_block(self, q, k, banned, values, index) -> torch.Tensor:
         """Fill values / index (n, k) from the bfloat16 pass; return which rows (n,) bool are certified exact."""
-        approx = torch.mm(q.bfloat16(), self.wt_bf16)  # (n, V') bfloat16
-        approx[:, self.banned_columns] = -math.inf
+        approx = torch.mm(q.bfloat16(), self.wt_bf16)  # (n, V') bfloat16; banned columns already -inf
         if banned is not None:
             approx.scatter_(1, banned, -math.inf)
         m = min(k + EXTRA, self.n_items)

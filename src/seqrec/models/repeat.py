@@ -60,13 +60,17 @@ def last_window(items: torch.Tensor, window: int) -> torch.Tensor:
 
 
 class RepeatHead(nn.Module):
-    """Gate and attention over the session's last ``window`` items (``repeat_mixture``); starts uniform, g = 0.5."""
+    """Gate and attention over the session's last ``window`` items (``repeat_mixture``); starts uniform, g = 0.5.
 
-    def __init__(self, dim: int, window: int):
+    ``distances``: learned recency values (default one per position of the window); farther positions
+    share the last one (SASRec trains on windows of max_len items but may attend to more when scoring).
+    """
+
+    def __init__(self, dim: int, window: int, distances: int = 0):
         super().__init__()
         self.window = window
         self.query = nn.Parameter(torch.zeros(dim, dim))  # h -> query against the items' output vectors
-        self.recency = nn.Parameter(torch.zeros(window))  # one value per distance from the last item
+        self.recency = nn.Parameter(torch.zeros(min(distances or window, window)))  # per distance from the last item
         self.gate = nn.Parameter(torch.zeros(dim + 1))  # logit(g) = w . h + c
 
     def gate_logit(self, h: torch.Tensor) -> torch.Tensor:
@@ -79,7 +83,7 @@ class RepeatHead(nn.Module):
         ``dist`` (P, Q) or (B, P, Q): distance of position q from query p's last item; ``valid`` (B, P, Q).
         """
         logits = (h @ self.query) @ keys.transpose(1, 2)  # (B, P, Q)
-        logits = logits + self.recency[dist.clamp(0, self.window - 1)]
+        logits = logits + self.recency[dist.clamp(0, len(self.recency) - 1)]
         return torch.log_softmax(logits.masked_fill(~valid, MASKED), dim=-1)  # (B, P, Q)
 
     def target_log_mass(self, log_w: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

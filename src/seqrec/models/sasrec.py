@@ -109,7 +109,7 @@ class SasRecNet(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.dim) if cfg.norm == "pre" else nn.Identity()
         self.out = None if cfg.tied else nn.Parameter(torch.empty(n_items + 1, cfg.dim))
         self.repeat = nn.Parameter(torch.zeros(cfg.dim + 1)) if cfg.repeat_bias else None  # beta(h) = w.h + c
-        self.repeat_head = RepeatHead(cfg.dim, min(cfg.repeat_window, cfg.max_len)) if cfg.repeat_mixture else None
+        self.repeat_head = RepeatHead(cfg.dim, cfg.repeat_window, cfg.max_len) if cfg.repeat_mixture else None
         self.apply(init_weights)
         if self.out is not None:
             nn.init.normal_(self.out, std=0.02)
@@ -308,6 +308,9 @@ class SASRec(Recommender):
                 boost = (rows, items, repeat_strength(self.net.repeat, h)[rows])
             if self.net.repeat_head is None:
                 loss = full_cross_entropy(h, w, y, boost)
+            elif self.cfg.repeat_training == "joint":  # the mixture's likelihood trains network and head
+                nll = full_cross_entropy(h, w, y, reduction="none")  # (N,) = -log p_explore(y)
+                loss = self.mixture_loss(hidden, inputs, targets, keep, -nll, detach=False)
             else:  # the network's loss as published, plus the repeat head's mixture likelihood
                 nll = full_cross_entropy(h, w, y, reduction="none")  # (N,) = -log p_explore(y)
                 loss = nll.mean() + self.mixture_loss(hidden, inputs, targets, keep, -nll.detach())
@@ -319,14 +322,14 @@ class SASRec(Recommender):
         return loss, len(y)
 
     def mixture_loss(self, hidden: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
-                     explore_logp: torch.Tensor) -> torch.Tensor:
-        """Return the repeat head's mean mixture NLL over kept positions; the network's states and scores detached."""
+                     explore_logp: torch.Tensor, detach: bool = True) -> torch.Tensor:
+        """Return the repeat head's mean mixture NLL over kept positions; the network's states detached by default."""
         head, L = self.net.repeat_head, inputs.shape[1]
         pos = torch.arange(L, device=inputs.device)
         dist = pos[:, None] - pos[None, :]  # (P, Q) distance of item q from query p
         valid = ((dist >= 0) & (dist < head.window))[None] & (inputs != PAD)[:, None, :]  # (B, P, Q)
-        h = hidden.detach()  # (B, L, D)
-        log_w = head.log_weights(h, self.net.output_weight().detach()[inputs], dist, valid)  # (B, P, Q)
+        h, w = (hidden.detach(), self.net.output_weight().detach()) if detach else (hidden, self.net.output_weight())
+        log_w = head.log_weights(h, w[inputs], dist, valid)  # (B, P, Q) over (B, L, D) states
         log_mass = head.target_log_mass(log_w, inputs, targets, valid)[keep]  # (N,)
         return head.mixture_nll(log_mass, head.gate_logit(h[keep]), explore_logp).mean()
 
