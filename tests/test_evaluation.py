@@ -184,10 +184,18 @@ def test_breakdowns_by_action_length_position_and_popularity():
     assert b["action"]["click"]["n_targets"] == 2 and b["action"]["click"]["recall@1"] == 0.0
     assert b["session_length"]["<3"]["n_targets"] == 1 and b["session_length"][">=3"]["n_targets"] == 2
     assert b["prefix_length"]["1"]["n_targets"] == 2 and b["prefix_length"]["2"]["n_targets"] == 1
+    assert b["target"]["new"]["n_targets"] == 3 and "repeat" not in b["target"]  # no target is in its prefix
     # 4 items, top 20% = 1 item: item 1 (support 3) is head; items 2, 3 tail; item 4 unseen.
     assert b["popularity"]["head"] == {"n_targets": 1, "recall@1": 1.0, "hr@1": 1.0, "mrr@1": 1.0, "ndcg@1": 1.0}
     assert b["popularity"]["tail"]["n_targets"] == 2
     json.dumps(result.to_dict())  # the whole result is JSON-safe
+
+
+def test_breakdown_by_repeat_or_new_target():
+    test = make_sessions([[2, 1, 2], [3, 3]], n_items=4)  # targets: 1 (new), 2 (repeat), 3 (repeat)
+    b = evaluate_model(Popularity().fit(TRAIN), test, EvaluationConfig(cutoffs=(1,))).breakdowns["target"]
+    assert b["repeat"]["n_targets"] == 2 and b["new"] == {"n_targets": 1, "recall@1": 1.0, "hr@1": 1.0, "mrr@1": 1.0, "ndcg@1": 1.0}
+    assert b["repeat"]["recall@1"] == 0.0  # item 1 is the most popular: ranks first every time
 
 
 def test_label_popularity_head_tail_unseen():

@@ -173,7 +173,7 @@ class TargetRanker:
         return rank_against(cand_scores[:, 0], cand_scores, self.ties)
 
 
-RECORD_FIELDS = ("ranks", "items", "events", "prefix_lengths", "session_lengths")
+RECORD_FIELDS = ("ranks", "items", "events", "prefix_lengths", "session_lengths", "repeats")
 
 
 @dataclass
@@ -236,7 +236,8 @@ def rank_all_targets(
             targets = items[rows, t + 1]  # (R,)
             ranks = ranker.rank(scores, targets, inputs[rows, : t + 1], items[rows])
             out.add(ranks=ranks, items=targets, events=data.offsets[idx[rows]] + t + 1,
-                    prefix_lengths=np.full(len(rows), t + 1), session_lengths=lens[rows])
+                    prefix_lengths=np.full(len(rows), t + 1), session_lengths=lens[rows],
+                    repeats=(inputs[rows, : t + 1] == targets[:, None]).any(1))
     if steps != inputs.shape[1]:
         raise ValueError(f"{model.name}.score_steps yielded {steps} steps for inputs of {inputs.shape[1]}")
 
@@ -253,7 +254,7 @@ def rank_last_targets(
     inputs = inputs[:, : int(lens.max()) - 1]  # (B, L - 1)
     scores = check_scores(model.score_last(inputs, lens - 1), len(idx), data.vocab.size, model.name)  # (B, V + 1)
     out.add(ranks=ranker.rank(scores, targets, inputs, items), items=targets, events=data.offsets[idx] + lens - 1,
-            prefix_lengths=lens - 1, session_lengths=lens)
+            prefix_lengths=lens - 1, session_lengths=lens, repeats=(inputs == targets[:, None]).any(1))
 
 
 def label_prefix_lengths(prefix_lengths: np.ndarray) -> np.ndarray:
@@ -282,11 +283,12 @@ def summarise_groups(ranks: np.ndarray, labels: np.ndarray, cutoffs) -> dict[str
 
 
 def build_breakdowns(records: TargetRecords, data: SessionDataset, cutoffs, train_support: np.ndarray | None) -> dict:
-    """Return metrics by action type, session length, prefix length and target popularity."""
+    """Return metrics by action type, session length, prefix length, repeat or new target and target popularity."""
     ranks = records.column("ranks")
     labels = {
         "session_length": np.where(records.column("session_lengths") < 3, "<3", ">=3"),
         "prefix_length": label_prefix_lengths(records.column("prefix_lengths")),
+        "target": np.where(records.column("repeats").astype(bool), "repeat", "new"),  # already in the prefix or not
     }
     if data.actions is not None:
         labels["action"] = np.asarray(data.actions)[records.column("events").astype(np.int64)]
