@@ -289,9 +289,6 @@ class Gru4RecConfig(Section):
     repeat_bias: bool = False  # extension, not in the papers: + learned beta(h) for items already in the session
     repeat_mixture: bool = False  # extension: repeat/explore mixture head over the session's items (models/repeat.py)
     repeat_window: int = Field(200, gt=0)  # repeat_mixture: the last items of the session it attends to
-    # repeat_mixture: "head" trains the network with its own loss and the head next to it (network detached);
-    # "joint" trains both by the mixture's likelihood alone (the network then explains what the head does not)
-    repeat_training: Literal["head", "joint"] = "head"
 
     @model_validator(mode="after")
     def _repeat_options(self) -> "Gru4RecConfig":
@@ -328,9 +325,6 @@ class SasRecConfig(Section):
     repeat_bias: bool = False  # extension, not in the paper: + learned beta(h) for items already in the sequence
     repeat_mixture: bool = False  # extension: repeat/explore mixture head over the sequence's items (models/repeat.py)
     repeat_window: int = Field(200, gt=0)  # repeat_mixture: the last items it attends to (recency learned up to max_len)
-    # repeat_mixture: "head" trains the network with its own loss and the head next to it (network detached);
-    # "joint" trains both by the mixture's likelihood alone (the network then explains what the head does not)
-    repeat_training: Literal["head", "joint"] = "head"
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SasRecConfig":

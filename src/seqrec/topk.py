@@ -121,7 +121,7 @@ class DotProductIndex:
         values = torch.empty(len(q), k, device=self.device)
         index = torch.empty(len(q), k, dtype=torch.int64, device=self.device)
         block = torch.empty(min(self.chunk, len(q)), self.wt.shape[1], device=self.device)  # (chunk, V') reused
-        numpy_blas = self.device.type == "cpu" and not (self.certified and repeat is None)  # else torch's bf16 product
+        numpy_blas = self.device.type == "cpu" and not (self.certified and repeat is None and len(q) >= NUMPY_MIN_ROWS)
         with torch_threads(1 if numpy_blas else None):  # numpy's BLAS (or a one-row product) takes the cores
             self.search_blocks(q, k, banned, repeat, block, values, index)
         return values, index

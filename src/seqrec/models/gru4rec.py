@@ -449,24 +449,21 @@ class GRU4Rec(Recommender):
             self.window = torch.cat([self.window[:, 1:].masked_fill(reset[:, None], PAD), x[:, None]], 1)  # (B, W)
         states, scores = self.net.train_forward(x, hidden, out_items, seen_out)  # (L, B, h), (B, K) positives on the diagonal
         self.hidden = states.detach()  # no BPTT
-        if self.cfg.repeat_mixture and self.cfg.repeat_training == "joint":  # the mixture's likelihood trains both
-            return self.mixture_rows(states[-1], scores, out_items, len(y), detach=False).sum(), len(y)
         loss = self.loss_rows(scores, out_items)  # (B,)
         if self.cfg.repeat_mixture:  # the paper's loss trains the network; the head learns next to it
             loss = loss + self.mixture_rows(states[-1], scores, out_items, len(y))
         return loss.sum(), len(y)
 
-    def mixture_rows(self, top: torch.Tensor, scores: torch.Tensor, out_items: torch.Tensor, n_batch: int,
-                     detach: bool = True) -> torch.Tensor:
-        """Return the repeat head's mixture NLL per slot (B,); network states and scores detached by default.
+    def mixture_rows(self, top: torch.Tensor, scores: torch.Tensor, out_items: torch.Tensor, n_batch: int) -> torch.Tensor:
+        """Return the repeat head's mixture NLL per slot (B,); network states and scores detached.
 
         p_explore(y) = exp(s_y) / Z with Z estimated by importance sampling from the step's shared samples:
         Z ~ mean_j exp(s_j) / q_j, q the support^alpha distribution they were drawn from.
         """
-        head, s = self.net.repeat_head, (scores.detach() if detach else scores).float()  # (B, K)
+        head, s = self.net.repeat_head, scores.detach().float()  # (B, K)
         samples = s[:, n_batch:] - self.log_q_sample.index_select(0, out_items[n_batch:])  # (B, n_sample)
         explore_logp = s.diagonal() - (torch.logsumexp(samples, 1) - math.log(samples.shape[1]))  # (B,)
-        h, items, W = (top.detach() if detach else top), self.window, self.window.shape[1]
+        h, items, W = top.detach(), self.window, self.window.shape[1]
         dist = (W - 1 - torch.arange(W, device=h.device))[None, :]  # (1, W)
         valid = (items != PAD)[:, None, :]  # (B, 1, W)
         log_w = head.log_weights(h[:, None, :], self.net.Wy.detach()[items], dist, valid)  # (B, 1, W)

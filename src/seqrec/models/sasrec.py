@@ -308,9 +308,6 @@ class SASRec(Recommender):
                 boost = (rows, items, repeat_strength(self.net.repeat, h)[rows])
             if self.net.repeat_head is None:
                 loss = full_cross_entropy(h, w, y, boost)
-            elif self.cfg.repeat_training == "joint":  # the mixture's likelihood trains network and head
-                nll = full_cross_entropy(h, w, y, reduction="none")  # (N,) = -log p_explore(y)
-                loss = self.mixture_loss(hidden, inputs, targets, keep, -nll, detach=False)
             else:  # the network's loss as published, plus the repeat head's mixture likelihood
                 nll = full_cross_entropy(h, w, y, reduction="none")  # (N,) = -log p_explore(y)
                 loss = nll.mean() + self.mixture_loss(hidden, inputs, targets, keep, -nll.detach())
@@ -322,13 +319,13 @@ class SASRec(Recommender):
         return loss, len(y)
 
     def mixture_loss(self, hidden: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
-                     explore_logp: torch.Tensor, detach: bool = True) -> torch.Tensor:
-        """Return the repeat head's mean mixture NLL over kept positions; the network's states detached by default."""
+                     explore_logp: torch.Tensor) -> torch.Tensor:
+        """Return the repeat head's mean mixture NLL over kept positions; the network's states detached."""
         head, L = self.net.repeat_head, inputs.shape[1]
         pos = torch.arange(L, device=inputs.device)
         dist = pos[:, None] - pos[None, :]  # (P, Q) distance of item q from query p
         valid = ((dist >= 0) & (dist < head.window))[None] & (inputs != PAD)[:, None, :]  # (B, P, Q)
-        h, w = (hidden.detach(), self.net.output_weight().detach()) if detach else (hidden, self.net.output_weight())
+        h, w = hidden.detach(), self.net.output_weight().detach()
         log_w = head.log_weights(h, w[inputs], dist, valid)  # (B, P, Q) over (B, L, D) states
         log_mass = head.target_log_mass(log_w, inputs, targets, valid)[keep]  # (N,)
         return head.mixture_nll(log_mass, head.gate_logit(h[keep]), explore_logp).mean()
