@@ -10,11 +10,13 @@
   and stays small instead of a (B, V) matrix per call; banned items (already seen, padding)
   get -inf in the block before selection.
 * Certified bfloat16 pass (CPU blocks): the catalogue is scored in bfloat16 (the processor's
-  bf16 dot-product instructions: ~3.7x the float32 product here), which moves every score by at
-  most ``eps = 2^-7 |q| max_i |w_i|`` (inputs and output rounded to 8 mantissa bits, float32
-  accumulation). The best ``k + EXTRA`` approximate items are rescored exactly in float32; if
-  the last of them is more than ``2 eps`` below the k-th, no item outside them can reach the
-  exact top k, so the result is exact. Rows where that does not hold are scored again in float32.
+  bf16 dot-product instructions: ~3.4x the float32 product here). Every score then moves by at
+  most ``eps`` (``error_bound``: the rounding of the query and of the item matrix, measured, by
+  Cauchy-Schwarz, plus the output's rounding). Candidates are the items of the k + EXTRA best
+  groups; their best k + EXTRA are rescored exactly in float32. Any other item scores at most
+  ``bound + eps`` exactly, ``bound`` being the next group maximum or the best candidate not
+  rescored; a row whose k-th exact score is above that is provably exact. Other rows are scored
+  again in float32.
 
 A row with fewer than k allowed items returns -inf scores in its last slots (callers map
 them to padding).
@@ -33,9 +35,8 @@ from seqrec.models.repeat import RepeatTerm
 
 GROUP = 64  # columns per group for the group-max pruning
 NUMPY_MIN_ROWS = 8  # blocks of at least this many queries use numpy's matrix product on CPU
-EXTRA = 54  # certified bf16 pass: approximate candidates kept beyond k (k = 10 -> 64)
+EXTRA = 10  # certified bf16 pass: candidate groups and rescored items beyond k (k = 10 -> 20 of each)
 USE_BF16 = True  # the certified bfloat16 pass on CPU (benchmarks switch it off to measure the float32 path)
-BF16_ERROR = 2.0**-7  # |approx - exact| <= BF16_ERROR * |q| * max |w| (see the module docstring)
 
 
 def group_columns(groups: torch.Tensor) -> torch.Tensor:
@@ -101,11 +102,16 @@ class DotProductIndex:
         self.wt[:, : self.n_items] = torch.cat([weight.detach().float(), bias[:, None]], 1).T
         self.banned_columns = list(banned_columns) + list(range(self.n_items, width))  # padding columns never win
         self.chunk = chunk
+        self.rows_certified = self.rows_redone = 0  # certified bf16 pass: rows it proved exact, rows scored again
         self.certified = USE_BF16 and self.device.type == "cpu" and torch.backends.mkldnn.is_available()
         if self.certified:  # bfloat16 copy for the approximate pass, float32 rows for the exact rescoring
             self.rows = self.wt.T.contiguous()  # (V', D + 1)
-            self.max_norm = float(self.rows.norm(dim=1).max())
             self.wt_bf16 = self.wt.bfloat16()  # (D + 1, V')
+            rounded = self.wt_bf16.float().T  # (V', D + 1)
+            self.max_norm = float(rounded[:, :-1].norm(dim=1).max())  # max |w~| over the item vectors (bias apart)
+            error = (rounded - self.rows)[: self.n_items]  # (V, D + 1) rounding of each item's vector and bias
+            self.max_error = float(error[:, :-1].norm(dim=1).max())  # max |w~ - w|
+            self.max_bias_error = float(error[:, -1].abs().max())  # max |b~ - b|
             self.wt_bf16[-1, self.banned_columns] = -math.inf  # bias -inf: banned columns score -inf in the product
 
     def search(self, q: torch.Tensor, k: int, banned: torch.Tensor | None = None,
@@ -121,19 +127,24 @@ class DotProductIndex:
         values = torch.empty(len(q), k, device=self.device)
         index = torch.empty(len(q), k, dtype=torch.int64, device=self.device)
         block = torch.empty(min(self.chunk, len(q)), self.wt.shape[1], device=self.device)  # (chunk, V') reused
+        # the (chunk, V') bfloat16 product is reused too: fresh blocks of this size cost page faults on every call
+        approx = torch.empty(block.shape if self.certified else (0, 0), dtype=torch.bfloat16, device=self.device)
         numpy_blas = self.device.type == "cpu" and not (self.certified and repeat is None and len(q) >= NUMPY_MIN_ROWS)
         with torch_threads(1 if numpy_blas else None):  # numpy's BLAS (or a one-row product) takes the cores
-            self.search_blocks(q, k, banned, repeat, block, values, index)
+            self.search_blocks(q, k, banned, repeat, (block, approx), values, index)
         return values, index
 
-    def search_blocks(self, q, k, banned, repeat, block, values, index) -> None:
-        """Fill values / index (B, k) block by block (see ``search``)."""
+    def search_blocks(self, q, k, banned, repeat, buffers, values, index) -> None:
+        """Fill values / index (B, k) block by block (see ``search``); ``buffers``: reused float32 and bf16 blocks."""
+        block = buffers[0]
         for start in range(0, len(q), self.chunk):
             rows = slice(start, start + self.chunk)
             ban = None if banned is None else banned[rows].to(self.device)
             if self.certified and repeat is None and len(q[rows]) >= NUMPY_MIN_ROWS:
-                ok = self.certified_block(q[rows], k, ban, values[rows], index[rows])
-                if bool(ok.all()):
+                ok = self.certified_block(q[rows], k, ban, values[rows], index[rows], buffers)
+                n_ok = int(ok.sum())
+                self.rows_certified, self.rows_redone = self.rows_certified + n_ok, self.rows_redone + len(ok) - n_ok
+                if n_ok == len(ok):
                     continue
                 redo = torch.arange(start, start + len(ok))[~ok]  # rows the bound could not certify: float32
                 sub_v, sub_i = values[redo], index[redo]
@@ -153,20 +164,48 @@ class DotProductIndex:
             scores.scatter_(1, banned, -math.inf)
         values[:], index[:] = group_topk(scores, k)
 
-    def certified_block(self, q, k, banned, values, index) -> torch.Tensor:
-        """Fill values / index (n, k) from the bfloat16 pass; return which rows (n,) bool are certified exact."""
-        approx = torch.mm(q.bfloat16(), self.wt_bf16)  # (n, V') bfloat16; banned columns already -inf
+    def certified_block(self, q, k, banned, values, index, buffers: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Fill values / index (n, k) from the bfloat16 pass; return which rows (n,) bool are certified exact.
+
+        The approximate block's k best 64-item groups (by their maxima) hold the candidates; the best
+        ``k + EXTRA`` of them are rescored in float32. Every other item's approximate score is at most
+        ``bound`` = the larger of the (k+1)-th group maximum and the best candidate not rescored, so its
+        exact score is at most ``bound + eps``: a row whose k-th exact score is above that is exact.
+        """
+        n, width = len(q), self.wt.shape[1]
+        if buffers is None:
+            buffers = torch.empty(n, width), torch.empty(n, width, dtype=torch.bfloat16)
+        approx = torch.mm(q.bfloat16(), self.wt_bf16, out=buffers[1][:n])  # (n, V') bfloat16, banned columns -inf
+        approx = buffers[0][:n].copy_(approx)  # float32 from here: its reductions are ~4x faster than bfloat16's
         if banned is not None:
             approx.scatter_(1, banned, -math.inf)
-        m = min(k + EXTRA, self.n_items)
-        top, cand = group_topk(approx, m)  # (n, m) the best approximate items
-        top = top.float()
-        eps = BF16_ERROR * q.norm(dim=1) * self.max_norm  # (n,)
-        ok = (top[:, -1] == -math.inf) | (top[:, -1] < top[:, k - 1] - 2 * eps)  # nothing outside can reach the top k
-        exact = torch.bmm(self.rows[cand], q[:, :, None])[:, :, 0]  # (n, m) float32 scores of the candidates
-        values[:], pos = torch.topk(exact.masked_fill(top == -math.inf, -math.inf), k, dim=1)
-        index[:] = cand.gather(1, pos)
-        return ok
+        maxima = approx.view(n, width // GROUP, GROUP).amax(2)  # (n, G)
+        c = min(k + EXTRA, maxima.shape[1])  # candidate groups
+        top_max, groups = torch.topk(maxima, min(c + 1, maxima.shape[1]), dim=1)  # (n, c + 1)
+        cols = group_columns(groups[:, :c])  # (n, c * GROUP) candidates
+        m = min(k + EXTRA, cols.shape[1])
+        cand_approx, pos = torch.topk(approx.gather(1, cols), m, dim=1)  # (n, m)
+        cand = cols.gather(1, pos)  # (n, m) item indices
+        exact = torch.bmm(self.rows[cand], q[:, :, None])[:, :, 0]  # (n, m) float32 scores
+        exact = exact.masked_fill(cand_approx == -math.inf, -math.inf)
+        values[:], best = torch.topk(exact, k, dim=1)
+        index[:] = cand.gather(1, best)
+        outside = top_max[:, c] if top_max.shape[1] > c else torch.full((n,), -math.inf)  # best approx outside them
+        if m < cols.shape[1]:
+            outside = torch.maximum(outside, cand_approx[:, -1])  # ... or inside them but not rescored
+        return (outside == -math.inf) | (values[:, k - 1] > outside + self.error_bound(q, outside))
+
+    def error_bound(self, q: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
+        """Return, per query row (n,), a bound on |bf16 score - exact score| for approximate scores up to ``approx``.
+
+        q~.w~ - q.w = (q~ - q).w~ + q.(w~ - w) (Cauchy-Schwarz on each, with this row's |q~ - q| and the
+        catalogue's max |w~| and max |w~ - w|), plus the bf16 rounding of the output (2^-9 relative, 2^-8 taken)
+        and a generous allowance for the float32 accumulation.
+        """
+        vec = q[:, :-1]  # (n, D) the query without its bias column (exactly 1 in bf16 too)
+        q_norm = vec.norm(dim=1)
+        inputs = (vec.bfloat16().float() - vec).norm(dim=1) * self.max_norm + q_norm * self.max_error + self.max_bias_error
+        return inputs + approx.abs() * 2.0**-8 + (q_norm * self.max_norm + 1.0) * 2.0**-16
 
     def score_block(self, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Return ``out`` (n, V) filled with the scores of queries q (n, D + 1)."""
