@@ -129,10 +129,20 @@ class DotProductIndex:
         block = torch.empty(min(self.chunk, len(q)), self.wt.shape[1], device=self.device)  # (chunk, V') reused
         # the (chunk, V') bfloat16 product is reused too: fresh blocks of this size cost page faults on every call
         approx = torch.empty(block.shape if self.certified else (0, 0), dtype=torch.bfloat16, device=self.device)
-        numpy_blas = self.device.type == "cpu" and not (self.certified and repeat is None and len(q) >= NUMPY_MIN_ROWS)
+        numpy_blas = self.device.type == "cpu" and not (self.bf16_pays() and repeat is None and len(q) >= NUMPY_MIN_ROWS)
         with torch_threads(1 if numpy_blas else None):  # numpy's BLAS (or a one-row product) takes the cores
             self.search_blocks(q, k, banned, repeat, (block, approx), values, index)
         return values, index
+
+    def bf16_pays(self) -> bool:
+        """Return whether to run the certified bf16 pass: available, and proving most rows so far.
+
+        Rows it cannot prove are scored twice; when the scores are too close for the bf16 bound
+        (measured: GRU4Rec trained one epoch on random sessions proves 5% of rows) the index
+        keeps to float32 after its first 256 rows.
+        """
+        seen = self.rows_certified + self.rows_redone
+        return self.certified and (seen < 256 or self.rows_certified >= 0.75 * seen)
 
     def search_blocks(self, q, k, banned, repeat, buffers, values, index) -> None:
         """Fill values / index (B, k) block by block (see ``search``); ``buffers``: reused float32 and bf16 blocks."""
@@ -140,7 +150,7 @@ class DotProductIndex:
         for start in range(0, len(q), self.chunk):
             rows = slice(start, start + self.chunk)
             ban = None if banned is None else banned[rows].to(self.device)
-            if self.certified and repeat is None and len(q[rows]) >= NUMPY_MIN_ROWS:
+            if self.bf16_pays() and repeat is None and len(q[rows]) >= NUMPY_MIN_ROWS:
                 ok = self.certified_block(q[rows], k, ban, values[rows], index[rows], buffers)
                 n_ok = int(ok.sum())
                 self.rows_certified, self.rows_redone = self.rows_certified + n_ok, self.rows_redone + len(ok) - n_ok
