@@ -90,7 +90,7 @@ def summarize(path: Path, work_dir: Path, mode: str) -> int:
             latest[(row["model"], row.get("tag", ""))] = row
     rows = list(latest.values())
     for r in rows:
-        r["model"] = r["model"] + (f" [{r['tag']}]" if r.get("tag") else "")
+        r["model"] = r["label"] = r.get("label", r["model"]) + (f" [{r['tag']}]" if r.get("tag") else "")
     base = [r for r in rows if r["model"] in BASELINES]
     best = {k: (max(base, key=lambda r: r[k])["model"], max(r[k] for r in base)) for k in ("recall@20", "mrr@20")} if base else {}
     print(f"## {mode} part: {work_dir}\n")
@@ -225,7 +225,7 @@ def run_model(name: str, split_dir: str, cfg, mode: str, out: Path) -> dict:
     epochs = len(hist.get("loss", [])) if isinstance(hist, dict) else None
     sel = trained.get("selection") or {}
     model_cfg = config_to_dict(getattr(cfg.models, name)) if hasattr(cfg.models, name) else {}
-    return {"model": name, "part": part, "recall@20": round(m["recall@20"], 4), "mrr@20": round(m["mrr@20"], 4),
+    return {"model": name, "label": res.get("label", name), "part": part, "recall@20": round(m["recall@20"], 4), "mrr@20": round(m["mrr@20"], 4),
             "ndcg@20": round(m.get("ndcg@20", float("nan")), 4), "targets": res["n_targets"],
             "train_s": trained["train_seconds"], "eval_s": res["eval_seconds"], "epochs_run": epochs,
             "best_epoch": sel.get("best_epoch"), "valid_metric": sel.get("valid_metric"), "config": model_cfg,
@@ -237,7 +237,7 @@ def markdown(rows: list[dict], baseline_best: dict) -> str:
     lines = ["| model | Recall@20 | MRR@20 | targets | train s | epochs (best) |", "|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["recall@20"]):
         ep = "" if r["best_epoch"] is None and not r["epochs_run"] else f"{r['epochs_run']} ({r['best_epoch']})"
-        lines.append(f"| {r['model']} | {r['recall@20']:.4f} | {r['mrr@20']:.4f} | {r['targets']} | {r['train_s']} | {ep} |")
+        lines.append(f"| {r.get('label', r['model'])} | {r['recall@20']:.4f} | {r['mrr@20']:.4f} | {r['targets']} | {r['train_s']} | {ep} |")
     if baseline_best:
         lines.append("")
         lines.append(f"Best baseline: Recall@20 {baseline_best['recall@20'][1]:.4f} ({baseline_best['recall@20'][0]}), "
@@ -245,7 +245,7 @@ def markdown(rows: list[dict], baseline_best: dict) -> str:
         for r in rows:
             if r["model"].split(" ")[0] in ("gru4rec", "sasrec"):
                 ok = {k: r[k] > baseline_best[k][1] for k in ("recall@20", "mrr@20")}
-                lines.append(f"- {r['model']}: beats best baseline on Recall@20: {'yes' if ok['recall@20'] else 'NO'}, "
+                lines.append(f"- {r.get('label', r['model'])}: beats best baseline on Recall@20: {'yes' if ok['recall@20'] else 'NO'}, "
                              f"on MRR@20: {'yes' if ok['mrr@20'] else 'NO'}")
     return "\n".join(lines)
 
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
         row = run_model(name, split_dir, cfg, args.mode, out)
         row["tag"] = args.tag
         rows.append(row)
-        print(f"{name}: R@20 {row['recall@20']:.4f} MRR@20 {row['mrr@20']:.4f} ({time.perf_counter() - t:.0f}s)",
+        print(f"{row['label']}: R@20 {row['recall@20']:.4f} MRR@20 {row['mrr@20']:.4f} ({time.perf_counter() - t:.0f}s)",
               file=sys.stderr, flush=True)
         if args.results:
             with open(args.results, "a") as fh:

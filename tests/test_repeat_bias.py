@@ -126,3 +126,9 @@ def test_repeat_options_are_alternatives_and_the_mixture_needs_probabilities():
         Gru4RecConfig(repeat_mixture=True, loss="bpr-max")
     with pytest.raises(ValueError, match="needs final_act=linear and n_sample > 0"):
         Gru4RecConfig(repeat_mixture=True, n_sample=0)
+
+
+def test_results_of_a_model_with_a_repeat_term_are_labelled_with_it():
+    assert build("gru4rec", False).label() == "gru4rec"
+    assert build("gru4rec", True).label() == "gru4rec + repeat bias"
+    assert build("sasrec", False, repeat_mixture=True).label() == "sasrec + repeat mixture"

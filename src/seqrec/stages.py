@@ -218,7 +218,7 @@ def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfi
     targets = "all" if cfg.protocol == "session" else "last"
     result = evaluate_model(model, data, cfg, targets=targets, train_support=model_support(train, model.vocab))
     out = result.to_dict()
-    out.update(model=model.name, part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3))
+    out.update(model=model.name, label=model.label(), part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3))
     return out
 
 

@@ -68,6 +68,12 @@ class Recommender(ABC):
         """Return what a dot-product model adds to the items of each row's prefix (B, L) for queries (B, D), or None."""
         return None
 
+    def label(self) -> str:
+        """Return the name results are shown under: the model's name, plus any extension it runs with."""
+        from seqrec.models.repeat import extension_label  # models.repeat imports torch-only modules, no cycle
+
+        return self.name + extension_label(getattr(self, "cfg", None))
+
     def final_activation(self, scores: torch.Tensor) -> torch.Tensor:
         """Return scores after the model's monotone increasing output activation (identity by default)."""
         return scores

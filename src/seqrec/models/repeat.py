@@ -33,6 +33,13 @@ from seqrec.sequences import PAD
 MASKED = -1e4  # log-weight of positions that cannot hold the target (finite: no NaN gradients)
 
 
+def extension_label(cfg) -> str:
+    """Return what results of a model with this config are labelled with: " + repeat bias", " + repeat mixture" or ""."""
+    if getattr(cfg, "repeat_bias", False):
+        return " + repeat bias"
+    return " + repeat mixture" if getattr(cfg, "repeat_mixture", False) else ""
+
+
 def repeat_strength(params: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """Return beta (N,) = hidden (N, D) . params[:D] + params[D]."""
     return hidden @ params[:-1] + params[-1]

@@ -24,7 +24,7 @@ def comparison_rows(results: list[dict[str, Any]], metrics: tuple[str, ...] = HE
     """Return one row per model: name, the headline metrics, targets and train seconds."""
     rows = []
     for r in results:
-        row = {"model": r["model"]}
+        row = {"model": r.get("label", r["model"])}  # extensions named: "gru4rec + repeat mixture"
         row.update({m: round(float(r["metrics"].get(m, float("nan"))), 4) for m in metrics})
         row["targets"] = r.get("n_targets")
         row["train_s"] = round(float(r.get("train_seconds", 0.0)), 1)
@@ -64,7 +64,7 @@ def plot_metric_curves(results: list[dict[str, Any]], cutoffs: tuple[int, ...]) 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for r in results:
         for ax, m in zip(axes, ("recall", "mrr")):
-            ax.plot(cutoffs, [r["metrics"].get(f"{m}@{k}", float("nan")) for k in cutoffs], marker="o", label=r["model"])
+            ax.plot(cutoffs, [r["metrics"].get(f"{m}@{k}", float("nan")) for k in cutoffs], marker="o", label=r.get("label", r["model"]))
     for ax, m in zip(axes, ("Recall@K", "MRR@K")):
         ax.set_xlabel("K")
         ax.set_title(m)
@@ -75,7 +75,7 @@ def plot_metric_curves(results: list[dict[str, Any]], cutoffs: tuple[int, ...]) 
 
 def plot_training_curves(results: list[dict[str, Any]]) -> str | None:
     """Return a PNG data URI of per-epoch training loss for neural models, or None."""
-    curves = [(r["model"], r["history"]) for r in results if r.get("history", {}).get("loss")]
+    curves = [(r.get("label", r["model"]), r["history"]) for r in results if r.get("history", {}).get("loss")]
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))
