@@ -37,6 +37,7 @@ GROUP = 64  # columns per group for the group-max pruning
 NUMPY_MIN_ROWS = 8  # blocks of at least this many queries use numpy's matrix product on CPU
 EXTRA = 10  # certified bf16 pass: candidate groups and rescored items beyond k (k = 10 -> 20 of each)
 USE_BF16 = True  # the certified bfloat16 pass on CPU (benchmarks switch it off to measure the float32 path)
+USE_ONEDNN = True  # float32 blocks through oneDNN's product on CPU (else numpy's BLAS)
 
 
 def group_columns(groups: torch.Tensor) -> torch.Tensor:
@@ -57,6 +58,26 @@ def group_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
         cols = torch.cat([cols, torch.arange(full, width, device=scores.device).expand(n, -1)], 1)
     values, pos = torch.topk(scores.gather(1, cols), k, dim=1)  # (n, k)
     return values, cols.gather(1, pos)
+
+
+def onednn_weight(rows: torch.Tensor, batch: int) -> torch.Tensor | None:
+    """Return the item matrix (V, D) packed for oneDNN's float32 product, or None where torch has no oneDNN.
+
+    On this AMD processor oneDNN's AVX-512 kernels run the (128, 65) x (65, 50k) product in about
+    half the time of numpy's BLAS (which runs its Haswell kernels here) and of torch.mm (MKL):
+    measured 8.2 vs 15.4 ms on 2 threads. The op is the one torch's own CPU compiler emits for
+    linear layers; any failure here (a torch without it) keeps the numpy product.
+    """
+    if not (USE_ONEDNN and torch.backends.mkldnn.is_available()):
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(rows, batch)
+        probe = torch.ops.mkldnn._linear_pointwise(rows[:2], packed, None, "none", [], "")  # (2, V)
+        if probe.shape != (2, len(rows)) or not torch.allclose(probe, rows[:2] @ rows.T, rtol=1e-4, atol=1e-4):
+            return None
+        return packed
+    except (RuntimeError, AttributeError):
+        return None
 
 
 _THREADS_LOCK = threading.Lock()  # the thread count is process-wide: one holder at a time
@@ -103,6 +124,7 @@ class DotProductIndex:
         self.banned_columns = list(banned_columns) + list(range(self.n_items, width))  # padding columns never win
         self.chunk = chunk
         self.rows_certified = self.rows_redone = 0  # certified bf16 pass: rows it proved exact, rows scored again
+        self.packed = onednn_weight(self.wt.T.contiguous(), chunk) if self.device.type == "cpu" else None
         self.certified = USE_BF16 and self.device.type == "cpu" and torch.backends.mkldnn.is_available()
         if self.certified:  # bfloat16 copy for the approximate pass, float32 rows for the exact rescoring
             self.rows = self.wt.T.contiguous()  # (V', D + 1)
@@ -129,8 +151,9 @@ class DotProductIndex:
         block = torch.empty(min(self.chunk, len(q)), self.wt.shape[1], device=self.device)  # (chunk, V') reused
         # the (chunk, V') bfloat16 product is reused too: fresh blocks of this size cost page faults on every call
         approx = torch.empty(block.shape if self.certified else (0, 0), dtype=torch.bfloat16, device=self.device)
-        numpy_blas = self.device.type == "cpu" and not (self.bf16_pays() and repeat is None and len(q) >= NUMPY_MIN_ROWS)
-        with torch_threads(1 if numpy_blas else None):  # numpy's BLAS (or a one-row product) takes the cores
+        blocks_on_torch = len(q) >= NUMPY_MIN_ROWS and (self.packed is not None or (self.bf16_pays() and repeat is None))
+        hold = 1 if self.device.type == "cpu" and not blocks_on_torch else None
+        with torch_threads(hold):  # numpy's BLAS (or a one-row product) takes the cores
             self.search_blocks(q, k, banned, repeat, (block, approx), values, index)
         return values, index
 
@@ -218,7 +241,9 @@ class DotProductIndex:
         return inputs + approx.abs() * 2.0**-8 + (q_norm * self.max_norm + 1.0) * 2.0**-16
 
     def score_block(self, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Return ``out`` (n, V) filled with the scores of queries q (n, D + 1)."""
+        """Return the scores (n, V) of queries q (n, D + 1), in ``out`` unless oneDNN's product made its own block."""
+        if self.packed is not None and len(q) >= NUMPY_MIN_ROWS:
+            return torch.ops.mkldnn._linear_pointwise(q, self.packed, None, "none", [], "")  # (n, V')
         if self.device.type == "cpu" and len(q) >= NUMPY_MIN_ROWS:
             np.matmul(q.numpy(), self.wt.numpy(), out=out.numpy())
             return out
