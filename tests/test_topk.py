@@ -13,6 +13,7 @@ from seqrec.models.bprmf import BPRMF
 from seqrec.models.gru4rec import GRU4Rec
 from seqrec.recommend import recommend_topk, top_k_rows, top_k_unseen
 from seqrec.sequences import ItemVocab, SessionDataset
+import seqrec.topk as topk
 from seqrec.topk import GROUP, DotProductIndex, group_topk
 
 torch.set_num_threads(1)
@@ -47,7 +48,8 @@ def test_dot_product_index_is_exact_with_banned_items():
     torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-5)
 
 
-def test_certified_bf16_pass_certifies_clear_rows_and_returns_the_exact_answer():
+def test_certified_bf16_pass_certifies_clear_rows_and_returns_the_exact_answer(monkeypatch):
+    monkeypatch.setattr(topk, "USE_BF16", True)  # opt-in
     gen = torch.Generator().manual_seed(2)
     w, b = torch.randn(5001, 32, generator=gen) * 0.2, torch.randn(5001, generator=gen)
     q = torch.randn(64, 33, generator=gen)
@@ -61,7 +63,8 @@ def test_certified_bf16_pass_certifies_clear_rows_and_returns_the_exact_answer()
     torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-5)
 
 
-def test_rows_the_bf16_bound_cannot_certify_are_scored_again_in_float32():
+def test_rows_the_bf16_bound_cannot_certify_are_scored_again_in_float32(monkeypatch):
+    monkeypatch.setattr(topk, "USE_BF16", True)  # opt-in
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(4001, 16, generator=gen)
     w[1:201] = w[1] + 1e-4 * torch.randn(200, 16, generator=gen)  # 200 near-ties: bf16 cannot order them

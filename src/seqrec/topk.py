@@ -36,7 +36,7 @@ from seqrec.models.repeat import RepeatTerm
 GROUP = 64  # columns per group for the group-max pruning
 NUMPY_MIN_ROWS = 8  # blocks of at least this many queries use numpy's matrix product on CPU
 EXTRA = 10  # certified bf16 pass: candidate groups and rescored items beyond k (k = 10 -> 20 of each)
-USE_BF16 = True  # the certified bfloat16 pass on CPU (benchmarks switch it off to measure the float32 path)
+USE_BF16 = False  # the certified bfloat16 pass on CPU: off, measured no faster than oneDNN float32 here (opt in for CPUs without it)
 USE_ONEDNN = True  # float32 blocks through oneDNN's product on CPU (else numpy's BLAS)
 
 
