@@ -124,10 +124,11 @@ class DotProductIndex:
         self.banned_columns = list(banned_columns) + list(range(self.n_items, width))  # padding columns never win
         self.chunk = chunk
         self.rows_certified = self.rows_redone = 0  # certified bf16 pass: rows it proved exact, rows scored again
-        self.packed = onednn_weight(self.wt.T.contiguous(), chunk) if self.device.type == "cpu" else None
-        self.certified = USE_BF16 and self.device.type == "cpu" and torch.backends.mkldnn.is_available()
+        rows = self.wt.T.contiguous() if self.device.type == "cpu" else None  # (V', D + 1)
+        self.packed = None if rows is None else onednn_weight(rows, chunk)
+        self.certified = USE_BF16 and rows is not None and torch.backends.mkldnn.is_available()
         if self.certified:  # bfloat16 copy for the approximate pass, float32 rows for the exact rescoring
-            self.rows = self.wt.T.contiguous()  # (V', D + 1)
+            self.rows = rows
             self.wt_bf16 = self.wt.bfloat16()  # (D + 1, V')
             rounded = self.wt_bf16.float().T  # (V', D + 1)
             self.max_norm = float(rounded[:, :-1].norm(dim=1).max())  # max |w~| over the item vectors (bias apart)
@@ -150,8 +151,9 @@ class DotProductIndex:
         index = torch.empty(len(q), k, dtype=torch.int64, device=self.device)
         block = torch.empty(min(self.chunk, len(q)), self.wt.shape[1], device=self.device)  # (chunk, V') reused
         # the (chunk, V') bfloat16 product is reused too: fresh blocks of this size cost page faults on every call
-        approx = torch.empty(block.shape if self.certified else (0, 0), dtype=torch.bfloat16, device=self.device)
-        blocks_on_torch = len(q) >= NUMPY_MIN_ROWS and (self.packed is not None or (self.bf16_pays() and repeat is None))
+        bf16 = self.bf16_pays() and repeat is None
+        approx = torch.empty(block.shape if bf16 else (0, 0), dtype=torch.bfloat16, device=self.device)
+        blocks_on_torch = len(q) >= NUMPY_MIN_ROWS and (self.packed is not None or bf16)
         hold = 1 if self.device.type == "cpu" and not blocks_on_torch else None
         with torch_threads(hold):  # numpy's BLAS (or a one-row product) takes the cores
             self.search_blocks(q, k, banned, repeat, (block, approx), values, index)

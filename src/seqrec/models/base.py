@@ -20,15 +20,13 @@ with ``seqrec.topk.DotProductIndex`` without materialising the full score matrix
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from seqrec.models.repeat import RepeatTerm, extension_label
 from seqrec.sequences import ItemVocab, SessionDataset
-
-if TYPE_CHECKING:
-    from seqrec.models.repeat import RepeatTerm
 
 
 class Recommender(ABC):
@@ -64,14 +62,12 @@ class Recommender(ABC):
         """Return the (B, D) float32 vectors that ``output_layer`` scores (dot-product models only)."""
         raise NotImplementedError(f"{type(self).__name__} is not a dot-product scorer")
 
-    def repeat_term(self, query: torch.Tensor, items: torch.Tensor) -> "RepeatTerm | None":
+    def repeat_term(self, query: torch.Tensor, items: torch.Tensor) -> RepeatTerm | None:
         """Return what a dot-product model adds to the items of each row's prefix (B, L) for queries (B, D), or None."""
         return None
 
     def label(self) -> str:
         """Return the name results are shown under: the model's name, plus any extension it runs with."""
-        from seqrec.models.repeat import extension_label  # models.repeat imports torch-only modules, no cycle
-
         return self.name + extension_label(getattr(self, "cfg", None))
 
     def final_activation(self, scores: torch.Tensor) -> torch.Tensor:

@@ -463,10 +463,8 @@ class GRU4Rec(Recommender):
         head, s = self.net.repeat_head, scores.detach().float()  # (B, K)
         samples = s[:, n_batch:] - self.log_q_sample.index_select(0, out_items[n_batch:])  # (B, n_sample)
         explore_logp = s.diagonal() - (torch.logsumexp(samples, 1) - math.log(samples.shape[1]))  # (B,)
-        h, items, W = top.detach(), self.window, self.window.shape[1]
-        dist = (W - 1 - torch.arange(W, device=h.device))[None, :]  # (1, W)
-        valid = (items != PAD)[:, None, :]  # (B, 1, W)
-        log_w = head.log_weights(h[:, None, :], self.net.Wy.detach()[items], dist, valid)  # (B, 1, W)
+        h, items = top.detach(), self.window
+        log_w, valid = head.window_log_weights(h, items, self.net.Wy.detach())  # (B, 1, W) each
         log_mass = head.target_log_mass(log_w, items, out_items[:n_batch, None], valid)[:, 0]  # (B,)
         return head.mixture_nll(log_mass, head.gate_logit(h), explore_logp)
 

@@ -98,14 +98,18 @@ class RepeatHead(nn.Module):
         hit = valid & (items[:, None, :] == targets[:, :, None])  # (B, P, Q)
         return torch.logsumexp(torch.where(hit, log_w, torch.full_like(log_w, MASKED)), dim=-1)  # (B, P)
 
+    def window_log_weights(self, h: torch.Tensor, items: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (log attention (B, 1, W), valid (B, 1, W)) of states h (B, D) over left-padded windows (B, W), last item last."""
+        W = items.shape[1]
+        dist = (W - 1 - torch.arange(W, device=h.device))[None, :]  # (1, W) distance from the last item
+        valid = (items != PAD)[:, None, :]  # (B, 1, W)
+        return self.log_weights(h[:, None, :], weight[items], dist, valid), valid
+
     def window_term(self, h: torch.Tensor, items: torch.Tensor, weight: torch.Tensor) -> "RepeatTerm":
         """Return the scoring term for states h (B, D) after left-aligned prefixes (B, L); item vectors ``weight`` (V, D)."""
         items = last_window(items.to(h.device), self.window)  # (B, W) left-padded, last item at column W - 1
-        W = items.shape[1]
-        dist = (W - 1 - torch.arange(W, device=h.device))[None, :]  # (1, W)
-        valid = (items != PAD)[:, None, :]  # (B, 1, W)
-        log_w = self.log_weights(h[:, None, :], weight[items], dist, valid)[:, 0]  # (B, W)
-        return RepeatTerm(items, log_w=log_w, gate=self.gate_logit(h))
+        log_w, _ = self.window_log_weights(h, items, weight)
+        return RepeatTerm(items, log_w=log_w[:, 0], gate=self.gate_logit(h))
 
     def mixture_nll(self, log_mass: torch.Tensor, gate: torch.Tensor, explore_logp: torch.Tensor) -> torch.Tensor:
         """Return -log(g R(y) + (1 - g) p_explore(y)) per target from log R(y), logit(g) and log p_explore(y)."""
