@@ -53,12 +53,12 @@ def test_encode_sessions_drops_and_counts_unknown_ids():
     assert enc.unknown_items == 3
 
 
-def test_few_and_many_ids_encode_the_same():
+def test_encode_ids_maps_known_ids_and_zeroes_unknown_ones():
     ids = [IDS[k % N_ITEMS] if k % 7 else f"ghost-{k}" for k in range(600)]  # every 7th id unknown
-    many = encode_ids(ids, VOCAB)  # hashed-index path
-    few = np.concatenate([encode_ids(ids[i : i + 100], VOCAB) for i in range(0, 600, 100)])  # dict path
-    np.testing.assert_array_equal(many, few)
-    assert many[0] == 0 and many[1] == 2 and many[10] == 1  # "ghost-0" unknown; IDS[1] is dense 2; IDS[0] is 1
+    codes = encode_ids(ids, VOCAB)
+    assert codes[0] == 0 and codes[1] == 2 and codes[10] == 1  # "ghost-0" unknown; IDS[1] is dense 2; IDS[0] is 1
+    assert (codes == 0).sum() == len(range(0, 600, 7)) and codes.dtype == np.int64
+    assert encode_sessions([np.array(IDS[:2], dtype=object), [IDS[2]]], VOCAB).items.tolist() == [[1, 2], [3, 0]]
 
 
 def test_top_k_unseen_skips_padding_and_seen_items():
@@ -166,3 +166,37 @@ def test_recommend_works_for_a_count_baseline_with_a_given_vocab(tmp_path):
     assert out == [["sku-70", "sku-63", "sku-56"], ["sku-63", "sku-56", "sku-42"]]  # dense 10, 9, 8 / minus 10, 7
     loaded = load_model(save_model(pop, tmp_path / "pop.pt", vocab=VOCAB))  # vocab travels in the file
     assert recommend(loaded, [["sku-7"]], k=3) == out[:1]
+
+
+def random_sessions(n_items: int, n: int, seed: int) -> SessionDataset:
+    """Return n random sessions over a Zipf-like catalogue of n_items (so popularity has few ties)."""
+    rng = np.random.default_rng(seed)
+    vocab = ItemVocab(np.array(["<pad>"] + [f"i{j}" for j in range(1, n_items + 1)], dtype=object))
+    lengths = rng.integers(2, 8, n)
+    items = (rng.zipf(1.2, lengths.sum()) % n_items + 1).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return SessionDataset(vocab, offsets, items, np.arange(len(items)), np.arange(n))
+
+
+@pytest.mark.parametrize("name", ["markov", "itemknn", "spop"])
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_sparse_top_k_of_the_count_baselines_equals_the_dense_scores(name, exclude_seen):
+    from seqrec.models.baselines import ItemKNN, Markov, SessionPopularity
+    from seqrec.recommend import recommend_topk, top_k_rows
+
+    data = random_sessions(300, 400, seed=1)
+    model = {"markov": Markov, "itemknn": ItemKNN, "spop": SessionPopularity}[name]().fit(data)
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 12, 64)
+    items = np.zeros((64, 11), np.int64)
+    for b, n in enumerate(lengths):
+        items[b, :n] = rng.integers(1, 301, n) if b % 2 else (rng.zipf(1.2, n) % 300 + 1)
+    assert model.sparse_scores(items, lengths) is not None  # the sparse path runs
+    idx, values = recommend_topk(model, items, lengths, k=25, exclude_seen=exclude_seen)
+    dense = model.score_last(items, lengths)
+    _, ref_values = top_k_rows(dense, items, 25, exclude_seen)
+    np.testing.assert_array_equal(values, ref_values.numpy())  # the same scores in the same order
+    np.testing.assert_array_equal(np.take_along_axis(dense, idx, 1), values)  # each item holds its own score
+    assert all(len(set(row)) == 25 and 0 not in row for row in idx.tolist())  # distinct items, never padding
+    seen = [set(items[b, : lengths[b]].tolist()) & set(idx[b].tolist()) for b in range(64)]
+    assert not any(seen) if exclude_seen else any(seen)

@@ -10,7 +10,7 @@ import torch
 
 from seqrec.config import Gru4RecConfig, SasRecConfig, TrainingConfig
 from seqrec.models.gru4rec import GRU4Rec
-from seqrec.models.repeat import RepeatHead, RepeatTerm, add_repeat_bias, last_window
+from seqrec.models.repeat import RepeatHead, RepeatTerm, add_repeat_bias, last_window, lift_prefix
 from seqrec.models.sasrec import SASRec, prefix_pairs
 from seqrec.recommend import recommend_topk, top_k_unseen
 from seqrec.sequences import ItemVocab, SessionDataset
@@ -132,3 +132,38 @@ def test_results_of_a_model_with_a_repeat_term_are_labelled_with_it():
     assert build("gru4rec", False).label() == "gru4rec"
     assert build("gru4rec", True).label() == "gru4rec + repeat bias"
     assert build("sasrec", False, repeat_mixture=True).label() == "sasrec + repeat mixture"
+
+
+def test_lift_prefix_ranks_the_session_items_first_in_their_own_order_and_keeps_banned_items_out():
+    scores = torch.tensor([[-math.inf, 5.0, 1.0, 3.0, -math.inf, 4.0],
+                           [-math.inf, 2.0, 0.0, 1.0, 7.0, 6.0]])
+    out = lift_prefix(scores, torch.tensor([[2, 3, 4], [0, 0, 0]]))  # row 0: items 2, 3 and banned 4; row 1: empty
+    # row 0: shift = best (5) - worst finite prefix score (1) + 1 = 5: items 2, 3 -> 6, 8, above item 1's 5
+    torch.testing.assert_close(out, torch.tensor([[-math.inf, 5.0, 6.0, 8.0, -math.inf, 4.0],
+                                                  [-math.inf, 2.0, 0.0, 1.0, 7.0, 6.0]]))
+
+
+def test_repeat_first_combines_with_the_mixture_and_is_labelled():
+    scores = torch.tensor([[-math.inf, 9.0, 0.0, 0.0, 0.0]])
+    term = RepeatTerm(torch.tensor([[2, 3, 2]]), log_w=torch.tensor([[0.25, 0.5, 0.25]]).log(), gate=torch.zeros(1),
+                      first=True)
+    order = term.apply(scores)[0].argsort(descending=True)[:3].tolist()
+    assert order == [2, 3, 1] or order == [3, 2, 1]  # the session's items above item 1 despite its score 9
+    assert torch.topk(term.apply(scores)[0], 2).indices.tolist() in ([2, 3], [3, 2])
+    model = GRU4Rec(Gru4RecConfig(repeat_mixture=True, repeat_first=True), TRAIN)
+    assert model.label() == "gru4rec + repeat mixture + repeat first"
+    with pytest.raises(ValueError, match="repeat_first=true needs final_act=linear"):
+        Gru4RecConfig(repeat_first=True, final_act="tanh")
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "sasrec"])
+def test_repeat_first_puts_every_session_item_ahead_in_evaluation_and_recommend(name):
+    model = build(name, False).fit(revisit_sessions(100))
+    model.cfg = model.cfg.model_copy(update={"repeat_first": True})
+    if name == "gru4rec":
+        model.net.cfg = model.cfg
+    items, lengths = np.array([[5, 9, 5], [7, 0, 0]]), np.array([3, 1])
+    scores = model.score_last(items, lengths)
+    assert set(np.argsort(-scores[0])[:2].tolist()) == {5, 9} and np.argmax(scores[1]) == 7
+    idx, _ = recommend_topk(model, items, lengths, k=4, exclude_seen=False)
+    assert set(idx[0, :2].tolist()) == {5, 9} and idx[1, 0] == 7

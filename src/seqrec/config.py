@@ -289,10 +289,13 @@ class Gru4RecConfig(Section):
     repeat_bias: bool = False  # extension, not in the papers: + learned beta(h) for items already in the session
     repeat_mixture: bool = False  # extension: repeat/explore mixture head over the session's items (models/repeat.py)
     repeat_window: int = Field(200, gt=0)  # repeat_mixture: the last items of the session it attends to
+    repeat_first: bool = False  # extension, scoring only: the session's items rank first (models/repeat.py)
 
     @model_validator(mode="after")
     def _repeat_options(self) -> "Gru4RecConfig":
         check_repeat_options("gru4rec", self.repeat_bias, self.repeat_mixture, self.loss, bias_any_loss=True)
+        if self.repeat_first and self.final_act != "linear":  # tanh / elu would flatten the lifted scores into ties
+            raise ValueError(f"models.gru4rec.repeat_first=true needs final_act=linear (got final_act={self.final_act!r})")
         if self.repeat_mixture and (self.final_act != "linear" or not self.n_sample):
             raise ValueError(f"models.gru4rec.repeat_mixture=true needs final_act=linear and n_sample > 0 "
                              f"(got final_act={self.final_act!r}, n_sample={self.n_sample})")
@@ -325,6 +328,7 @@ class SasRecConfig(Section):
     repeat_bias: bool = False  # extension, not in the paper: + learned beta(h) for items already in the sequence
     repeat_mixture: bool = False  # extension: repeat/explore mixture head over the sequence's items (models/repeat.py)
     repeat_window: int = Field(200, gt=0)  # repeat_mixture: the last items it attends to (recency learned up to max_len)
+    repeat_first: bool = False  # extension, scoring only: the sequence's items rank first (models/repeat.py)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "SasRecConfig":

@@ -10,6 +10,9 @@ The hot path is array code: sessions are encoded once and handled ``batch_size``
 time. Dot-product models (``Recommender.output_layer``) never materialise the score matrix:
 their query vectors go to a cached ``seqrec.topk.DotProductIndex`` (blocked scoring into a
 reused buffer, group-max pruned exact top-k). Other models
+with sparse scores over a back-off (``Recommender.sparse_scores``: Markov, Item-KNN, S-POP)
+go to ``seqrec.topk.sparse_candidates``: their rows' best stored entries and the back-off's best
+items, never a dense block. Other models
 give ``score_last`` (B, V + 1), cut by ``seqrec.topk.group_topk``; seen items are excluded
 without writing into the score matrix: take the top ``k + L + 1`` (L = the batch's width,
 + 1 for padding), drop banned candidates, keep the first ``k``.
@@ -25,11 +28,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import pickle
 import re
 import weakref
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Sequence
 
@@ -40,13 +44,13 @@ import torch
 from seqrec.io import load_checkpoint, save_checkpoint
 from seqrec.models.base import Recommender
 from seqrec.sequences import PAD, ItemVocab
-from seqrec.topk import DotProductIndex, group_topk
+from seqrec.topk import DotProductIndex, group_topk, sparse_candidates
 
 log = logging.getLogger(__name__)
 
 MODEL_MODULES = ("seqrec.models.sasrec", "seqrec.models.gru4rec", "seqrec.models.baselines", "seqrec.models.bprmf")
 MODEL_TYPES: dict[str, type[Recommender]] = {}
-_VOCAB_INDEX: dict[int, tuple[np.ndarray, tuple[pd.Index, dict[str, int]]]] = {}  # id(vocab.ids) -> (ids, (index, dict))
+_VOCAB_INDEX: dict[int, tuple[np.ndarray, dict[str, int]]] = {}  # id(vocab.ids) -> (ids, id -> dense index)
 SCORE_ROWS = 64  # sessions scored per block by models without a dot-product output layer
 _DOT_INDEX: "weakref.WeakKeyDictionary[Recommender, tuple[tuple, DotProductIndex]]" = weakref.WeakKeyDictionary()
 
@@ -133,29 +137,30 @@ def model_vocab(model: Recommender, vocab: ItemVocab | None = None) -> ItemVocab
     return vocab
 
 
-def vocab_index(vocab: ItemVocab) -> tuple[pd.Index, dict[str, int]]:
-    """Return a hashed index and a dict (id -> dense index) of the vocabulary's real ids, built once per vocabulary."""
+def vocab_index(vocab: ItemVocab) -> dict[str, int]:
+    """Return a dict (original id -> dense index) of the vocabulary's real ids, built once per vocabulary."""
     cached = _VOCAB_INDEX.get(id(vocab.ids))
     if cached is None or cached[0] is not vocab.ids:
         if len(_VOCAB_INDEX) > 8:
             _VOCAB_INDEX.clear()
         ids = vocab.ids[1:].astype(str)
-        cached = _VOCAB_INDEX[id(vocab.ids)] = (vocab.ids, (pd.Index(ids), dict(zip(ids.tolist(), range(1, len(ids) + 1)))))
+        cached = _VOCAB_INDEX[id(vocab.ids)] = (vocab.ids, dict(zip(ids.tolist(), range(1, len(ids) + 1))))
     return cached[1]
 
 
 def encode_ids(flat: list[str], vocab: ItemVocab) -> np.ndarray:
-    """Return dense indices (N,) of original ids, 0 where unknown: a dict for a few ids, the hashed index for many."""
-    index, lookup = vocab_index(vocab)
-    if len(flat) <= 256:  # one request: building pandas arrays costs more than the look-ups
-        return np.fromiter((lookup.get(i, PAD) for i in flat), dtype=np.int64, count=len(flat))
-    return index.get_indexer(np.array(flat, dtype=object)) + 1
+    """Return dense indices (N,) of original ids, 0 where unknown.
+
+    A dict look-up per id: measured 0.033 s for 159k ids against 50k, where pandas' hashed
+    ``Index.get_indexer`` (arrow strings) took 0.156 s.
+    """
+    return np.fromiter(map(vocab_index(vocab).get, flat, repeat(PAD)), dtype=np.int64, count=len(flat))
 
 
 def encode_sessions(sessions: Sequence[Sequence[str]] | Sequence[np.ndarray], vocab: ItemVocab) -> EncodedSessions:
     """Return sessions as dense left-aligned arrays, unknown ids removed and counted."""
     sizes = np.fromiter(map(len, sessions), dtype=np.int64, count=len(sessions))
-    codes = encode_ids([str(i) for i in chain.from_iterable(sessions)], vocab)  # (N,), 0 = unknown
+    codes = encode_ids([i if type(i) is str else str(i) for i in chain.from_iterable(sessions)], vocab)  # (N,), 0 = unknown
     known = codes > PAD
     rows = np.repeat(np.arange(len(sizes)), sizes)[known]
     lengths = np.bincount(rows, minlength=len(sizes)).astype(np.int64)  # (B,)
@@ -224,6 +229,15 @@ def recommend_topk(
         none_left = values == float("-inf")  # (B, k) fewer than k allowed items (before the activation maps -inf)
         values = model.final_activation(values).float().masked_fill(none_left, float("-inf"))
         return idx.masked_fill(none_left, PAD).cpu().numpy(), values.cpu().numpy()
+    sparse = model.sparse_scores(items, lengths)
+    if sparse is not None:  # stored entries over a back-off: the best of both, no dense block
+        stored, background = sparse
+        if not 0 < k < stored.shape[1]:
+            raise ValueError(f"k={k} must be between 1 and the catalogue size {stored.shape[1] - 1}")
+        seen = torch.as_tensor(items)
+        values, idx = sparse_candidates(stored, background, candidate_count(k, seen, exclude_seen, stored.shape[1]))
+        idx, values = drop_banned(values, idx.masked_fill(values == -math.inf, PAD), seen, k, exclude_seen)
+        return idx.numpy(), values.numpy()
     parts = []
     for r in range(0, len(lengths), SCORE_ROWS):  # a (SCORE_ROWS, V + 1) block at a time stays in cache
         rows = slice(r, r + SCORE_ROWS)

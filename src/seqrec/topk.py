@@ -5,6 +5,10 @@
   maxima; so one max-reduction over the row (a streaming pass) plus a top-k over the
   V / GROUP maxima and one over k·GROUP candidates replace the top-k over V columns. Exact:
   the same items as ``torch.topk`` up to the order of equal scores.
+* ``sparse_candidates``: the best items of models whose scores are sparse rows over a
+  back-off (Markov, Item-KNN, S-POP: ``Recommender.sparse_scores``): each row's ``need`` best
+  stored entries and the back-off's ``need`` best items, ranked; the dense (n, V) block is
+  never built.
 * ``DotProductIndex``: top-k of ``q @ W.T + b`` (the output layer of GRU4Rec, SASRec, BPR-MF)
   for a batch of queries, ``chunk`` rows at a time (128), so the (chunk, V) score block is reused
   and stays small instead of a (B, V) matrix per call; banned items (already seen, padding)
@@ -29,6 +33,7 @@ import math
 import threading
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from seqrec.models.repeat import RepeatTerm
@@ -58,6 +63,39 @@ def group_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
         cols = torch.cat([cols, torch.arange(full, width, device=scores.device).expand(n, -1)], 1)
     values, pos = torch.topk(scores.gather(1, cols), k, dim=1)  # (n, k)
     return values, cols.gather(1, pos)
+
+
+def sparse_candidates(rows: sp.csr_matrix, background: np.ndarray, need: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (scores (n, 2·need) float32, item indices (n, 2·need) int64) of each row's best items, best first.
+
+    Item j of row b scores ``rows[b, j]`` where stored, else ``background[j]``; stored values are
+    above every background value. The ``need`` best of a row are then among its ``need`` best stored
+    entries and the ``need`` best background items: both go in, a background item that the row
+    stores is dropped (it scores its stored value there), and unused slots hold (-inf, 0).
+    """
+    n = rows.shape[0]
+    rows = rows.tocsr()
+    counts = np.diff(rows.indptr)  # (n,) stored entries per row
+    owner = np.repeat(np.arange(n), counts)  # (nnz,)
+    order = np.lexsort((-rows.data, owner))  # by row, then best first
+    rank = np.arange(len(order)) - rows.indptr[owner]  # rank within the row, order keeps rows grouped
+    keep = order[rank < need]
+    stored_v = torch.full((n, need), -math.inf)
+    stored_i = torch.zeros((n, need), dtype=torch.int64)
+    kept_rows, kept_rank = torch.from_numpy(owner[keep]), torch.from_numpy(rank[rank < need])
+    stored_v[kept_rows, kept_rank] = torch.from_numpy(rows.data[keep].astype(np.float32))
+    stored_i[kept_rows, kept_rank] = torch.from_numpy(rows.indices[keep].astype(np.int64))
+    back_v, back_i = torch.topk(torch.from_numpy(np.asarray(background, dtype=np.float32)), min(need, len(background)))
+    slot = torch.full((len(background),), -1, dtype=torch.int64)
+    slot[back_i] = torch.arange(len(back_i))  # item -> its place among the background's best, -1 elsewhere
+    hit = slot[stored_i]  # (n, need) where each stored item sits in the background list
+    dup = torch.zeros(n, len(back_i) + 1, dtype=torch.bool)  # last column: stored items not in the list
+    dup.scatter_(1, torch.where((hit >= 0) & (stored_v > -math.inf), hit, len(back_i)), True)
+    dup = dup[:, :-1]  # (n, need) background items the row stores: they score their stored value there
+    values = torch.cat([stored_v, back_v.expand(n, -1).masked_fill(dup, -math.inf)], 1)
+    index = torch.cat([stored_i, back_i.expand(n, -1).masked_fill(dup, 0)], 1)
+    values, pos = torch.sort(values, dim=1, descending=True, stable=True)
+    return values, index.gather(1, pos)
 
 
 def onednn_weight(rows: torch.Tensor, batch: int) -> torch.Tensor | None:

@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from typing import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from seqrec.models.repeat import RepeatTerm, extension_label
@@ -53,6 +54,16 @@ class Recommender(ABC):
             out[rows] = scores[rows]
         assert out is not None, "score_last needs at least one item per row"
         return out
+
+    def sparse_scores(self, items: np.ndarray, lengths: np.ndarray) -> "tuple[sp.csr_matrix, np.ndarray] | None":
+        """Return (rows (B, V + 1) sparse, background (V + 1,)) of a model whose scores are sparse rows over a back-off.
+
+        Item j of row b scores ``rows[b, j]`` where stored, else ``background[j]``, and every
+        stored value is above every background value; ``recommend`` then takes the top-k from
+        the stored entries and the background's best items, never a dense (B, V + 1) block.
+        None (the default): the model has no such form.
+        """
+        return None
 
     def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Return (item matrix W (V + 1, D), bias (V + 1,) or None) of a dot-product scorer; None for other models."""

@@ -178,6 +178,16 @@ class SessionPopularity(Popularity):
         np.add.at(counts, (np.repeat(np.arange(len(items)), items.shape[1]), items.ravel()), 1.0)
         return counts + pop  # (B, V + 1); padding counted in column 0 only
 
+    def sparse_scores(self, items: np.ndarray, lengths: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Return (count in prefix + popularity, stored for the prefix's items (B, V + 1); popularity (V + 1,))."""
+        pop = self.fitted_popularity()
+        rows = np.repeat(np.arange(len(items)), items.shape[1])
+        keep = items.ravel() != 0  # padding
+        counts = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], items.ravel()[keep])),
+                               shape=(len(items), len(pop)))  # duplicates summed
+        counts.data += pop[counts.indices]  # >= 1 > 0.5 >= any popularity
+        return counts, pop
+
 
 class Markov(LastItemModel):
     """First-order Markov chain: counts of last item -> next item, popularity back-off."""
@@ -195,6 +205,14 @@ class Markov(LastItemModel):
         """Return transition counts from the last item + normalised popularity (B, V + 1)."""
         pop = self.fitted_popularity()  # (V + 1,)
         return self.transitions[last].toarray().astype(np.float32) + pop  # (B, V + 1)
+
+    def sparse_scores(self, items: np.ndarray, lengths: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Return (transition counts + popularity, stored for the last item's successors; popularity (V + 1,))."""
+        pop = self.fitted_popularity()
+        rows = self.transitions[items[np.arange(len(items)), np.asarray(lengths) - 1]].astype(np.float32)  # (B, V + 1)
+        rows.eliminate_zeros()
+        rows.data += pop[rows.indices]  # counts >= 1 > 0.5 >= any popularity
+        return rows, pop
 
     def state_dict(self) -> dict:
         """Return support and transition counts."""
@@ -231,6 +249,15 @@ class ItemKNN(LastItemModel):
         floor = np.float32(self.similarity.data.min() if self.similarity.nnz else 1.0)
         sim = self.similarity[last].toarray().astype(np.float32)  # (B, V + 1)
         return np.where(sim > 0, sim, pop * floor)  # (B, V + 1)
+
+    def sparse_scores(self, items: np.ndarray, lengths: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Return (similarity rows of the last items, stored where > 0; popularity scaled below the smallest similarity)."""
+        pop = self.fitted_popularity()
+        floor = np.float32(self.similarity.data.min() if self.similarity.nnz else 1.0)
+        sim = self.similarity[items[np.arange(len(items)), np.asarray(lengths) - 1]].astype(np.float32)  # (B, V + 1)
+        sim.data[sim.data < 0] = 0  # score_items keeps only positive similarities
+        sim.eliminate_zeros()
+        return sim, pop * floor
 
     def state_dict(self) -> dict:
         """Return config, support and similarity matrix."""

@@ -28,7 +28,7 @@ from torch import nn
 
 from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig, config_to_dict
 from seqrec.models.base import Recommender
-from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength
+from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength, with_first
 from seqrec.sequences import PAD, ItemVocab, SessionDataset
 from seqrec.training import (make_validator, neural_state, AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
                              set_seed, use_amp, warm_start_embedding)
@@ -324,8 +324,10 @@ class Gru4RecNet(nn.Module):
         """Return the repeat term for top-layer states (B, h) after prefixes (B, L), or None without one."""
         items = items.to(top.device)
         if self.repeat is not None:
-            return RepeatTerm(items, beta=repeat_strength(self.repeat, top))
-        return None if self.repeat_head is None else self.repeat_head.window_term(top, items, self.Wy)
+            term = RepeatTerm(items, beta=repeat_strength(self.repeat, top))
+        else:
+            term = None if self.repeat_head is None else self.repeat_head.window_term(top, items, self.Wy)
+        return with_first(term, items, self.cfg.repeat_first)
 
     def repeat_beta(self, top: torch.Tensor) -> torch.Tensor | None:
         """Return the repeat bias beta (B,) for top-layer states (B, h), or None without ``repeat_bias``."""

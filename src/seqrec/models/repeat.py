@@ -18,10 +18,18 @@ results ("+ repeat bias", "+ repeat mixture"):
   with the network's scores and state detached: the network itself trains exactly as published.
   Ranking uses ``log p(i)`` up to a per-row constant: ``l_i`` for other items and
   ``logaddexp(l_i, logit(g) + logsumexp(l) + log R(i))`` for items of the session.
+
+A third, scoring-only option combines with either (or with none):
+
+* ``repeat_first``: the items of the session rank ahead of every other item, in the order of the
+  model's own scores (with the bias or mixture when on); the rest follow in the model's order. It
+  is the limit of the mixture with g = 1 for sessions that have a candidate, S-POP's rule with
+  the model ordering both parts. Nothing is trained for it; choose it on validation data.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,10 +42,20 @@ MASKED = -1e4  # log-weight of positions that cannot hold the target (finite: no
 
 
 def extension_label(cfg) -> str:
-    """Return what results of a model with this config are labelled with: " + repeat bias", " + repeat mixture" or ""."""
-    if getattr(cfg, "repeat_bias", False):
-        return " + repeat bias"
-    return " + repeat mixture" if getattr(cfg, "repeat_mixture", False) else ""
+    """Return what results of a model with this config are labelled with, e.g. " + repeat mixture + repeat first" or ""."""
+    names = [name for key, name in (("repeat_bias", "repeat bias"), ("repeat_mixture", "repeat mixture"),
+                                    ("repeat_first", "repeat first")) if getattr(cfg, key, False)]
+    return "".join(f" + {name}" for name in names)
+
+
+def with_first(term: "RepeatTerm | None", items: torch.Tensor, first: bool) -> "RepeatTerm | None":
+    """Return ``term`` (or a bare one for ``items`` (B, L)) that also lifts the prefix's items first, when ``first``."""
+    if not first:
+        return term
+    if term is None:
+        return RepeatTerm(items, first=True)
+    term.first = True
+    return term
 
 
 def repeat_strength(params: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -56,6 +74,20 @@ def put_prefix_scores(scores: torch.Tensor, items: torch.Tensor, values: torch.T
     """Return scores (B, V) with values (B, L) written at the row's prefix items (B, L); padding positions skipped."""
     keep = items != PAD
     return scores.scatter(1, torch.where(keep, items, 0), torch.where(keep, values, scores[:, :1]))  # pads rewrite col 0
+
+
+def lift_prefix(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Return scores (B, V) with each row's finite prefix-item scores (items (B, L)) shifted above all its other scores.
+
+    The shift is per row (its best score minus its worst finite prefix score, plus one), so the
+    prefix items keep their order and their gaps; items at -inf (banned) stay there.
+    """
+    values = scores.gather(1, items)  # (B, L)
+    real = (items != PAD) & torch.isfinite(values)
+    low = torch.where(real, values, torch.full_like(values, math.inf)).amin(1)  # (B,)
+    high = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -math.inf)).amax(1)  # (B,)
+    shift = torch.where(real.any(1), high - low + 1, torch.zeros_like(high))  # (B,)
+    return put_prefix_scores(scores, items, values + shift[:, None])
 
 
 def last_window(items: torch.Tensor, window: int) -> torch.Tensor:
@@ -124,12 +156,19 @@ class RepeatTerm:
     beta: torch.Tensor | None = None  # (B,) additive bias (repeat_bias)
     log_w: torch.Tensor | None = None  # (B, L) log attention over positions (repeat_mixture)
     gate: torch.Tensor | None = None  # (B,) logit(g) (repeat_mixture)
+    first: bool = False  # repeat_first: the prefix's items then rank ahead of all others
 
     def apply(self, scores: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
         """Return scores (n, V) of rows ``rows`` with the term applied; columns at -inf stay out of the mixture's normaliser."""
         items = self.items[rows].to(scores.device)  # (n, L)
         if self.beta is not None:
-            return add_repeat_bias(scores, items, self.beta[rows].to(scores.device))
+            scores = add_repeat_bias(scores, items, self.beta[rows].to(scores.device))
+        elif self.log_w is not None:
+            scores = self.mixture(scores, items, rows)
+        return lift_prefix(scores, items) if self.first else scores
+
+    def mixture(self, scores: torch.Tensor, items: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Return scores (n, V) with the prefix items (n, L) at the repeat mixture's log-probability (up to a row constant)."""
         log_w, gate = self.log_w[rows].to(scores.device), self.gate[rows].to(scores.device)  # (n, L), (n,)
         same = (items[:, :, None] == items[:, None, :]) & (items != PAD)[:, None, :]  # (n, L, L)
         log_mass = torch.logsumexp(torch.where(same, log_w[:, None, :], torch.full_like(same, MASKED, dtype=log_w.dtype)), -1)  # (n, L)

@@ -28,7 +28,7 @@ from torch import nn
 
 from seqrec.config import EvaluationConfig, SasRecConfig, TrainingConfig, config_to_dict
 from seqrec.models.base import Recommender
-from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength
+from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength, with_first
 from seqrec.sequences import PAD, ItemVocab, SessionDataset
 from seqrec.training import (
     make_validator,
@@ -355,11 +355,12 @@ class SASRec(Recommender):
     def repeat_term(self, query: torch.Tensor, items: torch.Tensor) -> RepeatTerm | None:
         """Return the repeat term for queries (B, D) after prefixes (B, L) (``repeat_bias`` / ``repeat_mixture``), else None."""
         items = items.to(query.device)
+        term = None
         if self.net.repeat is not None:
-            return RepeatTerm(items, beta=repeat_strength(self.net.repeat.float(), query))
-        if self.net.repeat_head is not None:
-            return self.net.repeat_head.window_term(query, items, self.net.output_weight().float())
-        return None
+            term = RepeatTerm(items, beta=repeat_strength(self.net.repeat.float(), query))
+        elif self.net.repeat_head is not None:
+            term = self.net.repeat_head.window_term(query, items, self.net.output_weight().float())
+        return with_first(term, items, self.cfg.repeat_first)
 
     def query_vectors(self, items: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
         """Return the hidden state (B, D) float32 at each row's last item (its last max_len items seen)."""
