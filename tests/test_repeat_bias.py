@@ -134,13 +134,13 @@ def test_results_of_a_model_with_a_repeat_term_are_labelled_with_it():
     assert build("sasrec", False, repeat_mixture=True).label() == "sasrec + repeat mixture"
 
 
-def test_lift_prefix_ranks_the_session_items_first_in_their_own_order_and_keeps_banned_items_out():
-    scores = torch.tensor([[-math.inf, 5.0, 1.0, 3.0, -math.inf, 4.0],
-                           [-math.inf, 2.0, 0.0, 1.0, 7.0, 6.0]])
-    out = lift_prefix(scores, torch.tensor([[2, 3, 4], [0, 0, 0]]))  # row 0: items 2, 3 and banned 4; row 1: empty
-    # row 0: shift = best (5) - worst finite prefix score (1) + 1 = 5: items 2, 3 -> 6, 8, above item 1's 5
-    torch.testing.assert_close(out, torch.tensor([[-math.inf, 5.0, 6.0, 8.0, -math.inf, 4.0],
-                                                  [-math.inf, 2.0, 0.0, 1.0, 7.0, 6.0]]))
+def test_lift_prefix_ranks_the_session_items_first_by_count_then_score_and_keeps_banned_items_out():
+    scores = torch.tensor([[-math.inf, 5.0, 1.0, 3.0, -math.inf, 4.0, 2.0],
+                           [-math.inf, 2.0, 0.0, 1.0, 7.0, 6.0, 0.0]])
+    out = lift_prefix(scores, torch.tensor([[2, 3, 4, 6, 6], [0, 0, 0, 0, 0]]))  # row 0: 2, 3, banned 4, 6 twice
+    # row 0: high 5, prefix scores 1..3 (low 1, span 3): item 6 (twice) 5 + 1 + 1 + 3 = 10, then 3 -> 8, 2 -> 6
+    torch.testing.assert_close(out, torch.tensor([[-math.inf, 5.0, 6.0, 8.0, -math.inf, 4.0, 10.0],
+                                                  [-math.inf, 2.0, 0.0, 1.0, 7.0, 6.0, 0.0]]))
 
 
 def test_repeat_first_combines_with_the_mixture_and_is_labelled():

@@ -21,10 +21,12 @@ results ("+ repeat bias", "+ repeat mixture"):
 
 A third, scoring-only option combines with either (or with none):
 
-* ``repeat_first``: the items of the session rank ahead of every other item, in the order of the
-  model's own scores (with the bias or mixture when on); the rest follow in the model's order. It
-  is the limit of the mixture with g = 1 for sessions that have a candidate, S-POP's rule with
-  the model ordering both parts. Nothing is trained for it; choose it on validation data.
+* ``repeat_first``: the items of the session rank ahead of every other item, by their count in
+  the session, ties broken by the model's own scores (with the bias or mixture when on); the
+  rest follow in the model's order. S-POP's rule for the session's items, the model for the rest
+  and for S-POP's ties. Nothing is trained for it; choose it on validation data (on the real
+  marketplace validation part the count order measured Recall@20 / MRR@20 0.4324 / 0.1154 where
+  the model's order gave 0.4163 / 0.1052 and the repeat head's attention alone 0.3977 / 0.0935).
 """
 
 from __future__ import annotations
@@ -77,17 +79,21 @@ def put_prefix_scores(scores: torch.Tensor, items: torch.Tensor, values: torch.T
 
 
 def lift_prefix(scores: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """Return scores (B, V) with each row's finite prefix-item scores (items (B, L)) shifted above all its other scores.
+    """Return scores (B, V) with each row's prefix items (B, L) ranked above all its other items.
 
-    The shift is per row (its best score minus its worst finite prefix score, plus one), so the
-    prefix items keep their order and their gaps; items at -inf (banned) stay there.
+    Among themselves they rank by their count in the prefix, then by their own score (S-POP's
+    order, with the model's scores breaking its ties): item j gets ``high + 1 + (s_j - low) +
+    (count_j - 1) * span``, with ``high`` the row's best score, ``low`` / ``span`` the lowest / the
+    range (plus one) of its finite prefix scores. Items at -inf (banned) stay there.
     """
     values = scores.gather(1, items)  # (B, L)
     real = (items != PAD) & torch.isfinite(values)
-    low = torch.where(real, values, torch.full_like(values, math.inf)).amin(1)  # (B,)
-    high = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -math.inf)).amax(1)  # (B,)
-    shift = torch.where(real.any(1), high - low + 1, torch.zeros_like(high))  # (B,)
-    return put_prefix_scores(scores, items, values + shift[:, None])
+    low = torch.where(real, values, torch.full_like(values, math.inf)).amin(1, keepdim=True)  # (B, 1)
+    top = torch.where(real, values, torch.full_like(values, -math.inf)).amax(1, keepdim=True)  # (B, 1)
+    high = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -math.inf)).amax(1, keepdim=True)
+    counts = torch.zeros_like(scores).scatter_add_(1, items, real.to(scores.dtype)).gather(1, items)  # (B, L)
+    lifted = high + 1 + (values - low) + (counts - 1) * (top - low + 1)
+    return put_prefix_scores(scores, items, torch.where(real, lifted, values))
 
 
 def last_window(items: torch.Tensor, window: int) -> torch.Tensor:
