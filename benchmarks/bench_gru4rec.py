@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from seqrec.importers import import_gru4rec_tsv
 from seqrec.models.gru4rec import GRU4Rec, EpochBatches, SampleStore, build_session_parallel_batches
 from seqrec.sequences import build_sessions
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "yoochoose_rsc15_100k"
+# the shared data sets sit next to the project folder; SEQREC_SHARED names another place (a clone elsewhere)
+DATA = Path(os.environ.get("SEQREC_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data" / "yoochoose_rsc15_100k"
 PRESETS = {  # GRU4REC.md's best published settings
     "rsc15": dict(loss="cross-entropy", final_act="linear", hidden=100, batch_size=32, dropout_emb=0.0,
                   dropout_hidden=0.4, lr=0.2, momentum=0.2, sample_alpha=0.5, bpreg=0.0, logq=1.0),
@@ -115,6 +118,9 @@ def compare_naive(train, cfg: Gru4RecConfig, training: TrainingConfig, n_steps: 
 def main() -> None:
     """Train, evaluate and print the figures as one JSON line."""
     args = parse_args()
+    if not (args.data / "yoochoose-clicks-100k_train_full.txt").is_file():
+        sys.exit(f"bench_gru4rec: the YooChoose sample is not at {args.data} (yoochoose-clicks-100k_train_full.txt); "
+                 "pass --data DIR or set SEQREC_SHARED to the folder holding data/yoochoose_rsc15_100k")
     train, _ = build_sessions(import_gru4rec_tsv(args.data / "yoochoose-clicks-100k_train_full.txt"))
     test, unknown = build_sessions(import_gru4rec_tsv(args.data / "yoochoose-clicks-100k_test.txt"), train.vocab)
     cfg = Gru4RecConfig(**PRESETS[args.preset], n_sample=args.n_sample, epochs=args.epochs, embedding="constrained")

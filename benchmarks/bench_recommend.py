@@ -8,7 +8,9 @@ scores are, so untrained weights would not be representative), Markov and Popula
 Zipf-like stream), over a synthetic
 catalogue of ``--items`` original ids (``--models`` picks some). Sessions
 hold 1..``--max-session`` random known ids plus one unknown id in 5% of them (counted).
-Timings include encoding, scoring, top-k with seen items excluded and decoding to ids.
+Timings include encoding, scoring, top-k with seen items excluded and decoding to ids. For GRU4Rec
+and SASRec the bare float32 catalogue product over as many sessions is timed too (the in-process
+baseline: ``product_only_sessions_per_s``, its GFLOP/s, and ``recommend_vs_product``).
 """
 
 from __future__ import annotations
@@ -108,10 +110,31 @@ def main() -> None:
     sessions = make_sessions(vocab, args.sessions, args.max_session, rng)
     for name, model in build_models(vocab, rng, [m.strip() for m in args.models.split(",") if m.strip()], args.train_events).items():
         figures = time_model(model, vocab, sessions, args)
+        if model.output_layer() is not None:
+            figures.update(product_figures(model, len(sessions), figures["sessions_per_s"]))
         if args.compare_fp32 and model.output_layer() is not None:
             figures.update(fp32_figures(model, vocab, sessions, args, figures["sessions_per_s"]))
         print(json.dumps({"model": name, "items": args.items, "sessions": args.sessions, "k": args.k,
                           "batch_size": args.batch_size, "threads": torch.get_num_threads(), **figures}), flush=True)
+
+
+def product_figures(model, n_rows: int, rate: int) -> dict:
+    """Return the in-process baseline of a dot-product model: the bare float32 catalogue product for as many rows.
+
+    The same blocks (``DotProductIndex.chunk`` rows) through the same product as ``recommend``, with no
+    forward pass, no top-k and no id mapping: the ceiling of exact scoring on this machine.
+    """
+    index = seqrec.recommend.dot_product_index(model)
+    q = torch.randn(n_rows, index.wt.shape[0])  # (n, D + 1)
+    block = torch.empty(index.chunk, index.wt.shape[1])
+    index.score_block(q[: index.chunk], block)  # warm-up
+    start = time.perf_counter()
+    for s in range(0, n_rows, index.chunk):
+        index.score_block(q[s : s + index.chunk], block)
+    seconds = time.perf_counter() - start
+    flop = 2.0 * n_rows * index.wt.shape[1] * index.wt.shape[0]
+    return {"product_only_sessions_per_s": round(n_rows / seconds), "product_gflop_per_s": round(flop / seconds / 1e9, 1),
+            "recommend_vs_product": round(rate * seconds / n_rows, 3), "dim": index.wt.shape[0] - 1}
 
 
 def fp32_figures(model, vocab: ItemVocab, sessions: list[list[str]], args: argparse.Namespace, fp32_rate: int) -> dict:

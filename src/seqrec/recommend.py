@@ -44,7 +44,7 @@ import torch
 from seqrec.io import load_checkpoint, save_checkpoint
 from seqrec.models.base import Recommender
 from seqrec.sequences import PAD, ItemVocab
-from seqrec.topk import DotProductIndex, group_topk, sparse_candidates
+from seqrec.topk import NUMPY_MIN_ROWS, DotProductIndex, group_topk, sparse_candidates, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +277,12 @@ def recommend(
     out = np.zeros((len(enc.lengths), k), dtype=np.int64)  # (B, k); empty sessions stay all padding
     live = np.flatnonzero(enc.lengths > 0)
     live = live[np.argsort(enc.lengths[live], kind="stable")]  # similar lengths per batch: less padding
-    for start in range(0, len(live), batch_size):
-        rows = live[start : start + batch_size]
-        width = int(enc.lengths[rows].max())
-        out[rows] = recommend_indices(model, enc.items[rows, :width], enc.lengths[rows], k, exclude_seen)
+    # a request of a few sessions runs on one thread: waking the pool costs more than it saves (p99 latency)
+    with torch_threads(1 if len(live) < NUMPY_MIN_ROWS else None):
+        for start in range(0, len(live), batch_size):
+            rows = live[start : start + batch_size]
+            width = int(enc.lengths[rows].max())
+            out[rows] = recommend_indices(model, enc.items[rows, :width], enc.lengths[rows], k, exclude_seen)
     empty = len(enc.lengths) - len(live)
     if enc.unknown_items or empty:
         log.warning("recommend: ignored %d unknown item ids; %d sessions had no known item", enc.unknown_items, empty)

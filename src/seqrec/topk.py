@@ -118,7 +118,7 @@ def onednn_weight(rows: torch.Tensor, batch: int) -> torch.Tensor | None:
         return None
 
 
-_THREADS_LOCK = threading.Lock()  # the thread count is process-wide: one holder at a time
+_THREADS_LOCK = threading.RLock()  # the thread count is process-wide: one holder at a time (re-entrant: blocks nest)
 
 
 @contextlib.contextmanager
