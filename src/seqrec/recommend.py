@@ -214,14 +214,19 @@ def dot_product_index(model: Recommender) -> DotProductIndex | None:
     return cached[1]
 
 
+def check_k(k: int, width: int) -> None:
+    """Raise unless 1 <= k <= the catalogue size (``width`` columns: the items plus padding)."""
+    if not 0 < k < width:
+        raise ValueError(f"k={k} must be between 1 and the catalogue size {width - 1}")
+
+
 def recommend_topk(
     model: Recommender, items: np.ndarray, lengths: np.ndarray, k: int = 10, exclude_seen: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (dense indices (B, k) int64, scores (B, k) float32) for encoded sessions, all of length >= 1."""
     index = dot_product_index(model)
     if index is not None:
-        if not 0 < k < index.n_items:
-            raise ValueError(f"k={k} must be between 1 and the catalogue size {index.n_items - 1}")
+        check_k(k, index.n_items)
         banned = torch.as_tensor(items) if exclude_seen else None  # (B, L); padding (0) is banned anyway
         query = model.query_vectors(items, lengths)  # (B, D)
         repeat = None if exclude_seen else model.repeat_term(query, torch.as_tensor(items))  # seen excluded: nothing to boost
@@ -232,8 +237,7 @@ def recommend_topk(
     sparse = model.sparse_scores(items, lengths)
     if sparse is not None:  # stored entries over a back-off: the best of both, no dense block
         stored, background = sparse
-        if not 0 < k < stored.shape[1]:
-            raise ValueError(f"k={k} must be between 1 and the catalogue size {stored.shape[1] - 1}")
+        check_k(k, stored.shape[1])
         seen = torch.as_tensor(items)
         values, idx = sparse_candidates(stored, background, candidate_count(k, seen, exclude_seen, stored.shape[1]))
         idx, values = drop_banned(values, idx.masked_fill(values == -math.inf, PAD), seen, k, exclude_seen)
@@ -244,8 +248,7 @@ def recommend_topk(
         scores = np.asarray(model.score_last(items[rows], lengths[rows]), dtype=np.float32)  # (n, V + 1)
         if scores.ndim != 2 or len(scores) != len(lengths[rows]):
             raise ValueError(f"{type(model).__name__}.score_last returned {scores.shape} for {len(lengths[rows])} sessions")
-        if not 0 < k < scores.shape[1]:
-            raise ValueError(f"k={k} must be between 1 and the catalogue size {scores.shape[1] - 1}")
+        check_k(k, scores.shape[1])
         parts.append(top_k_rows(scores, items[rows], k, exclude_seen))
     return torch.cat([p[0] for p in parts]).numpy(), torch.cat([p[1] for p in parts]).numpy()
 

@@ -20,14 +20,16 @@ with ``seqrec.topk.DotProductIndex`` without materialising the full score matrix
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from seqrec.models.repeat import RepeatTerm, extension_label
 from seqrec.sequences import ItemVocab, SessionDataset
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 class Recommender(ABC):

@@ -77,6 +77,11 @@ def item_cosine(data: SessionDataset, cfg: ItemKnnConfig) -> sp.csr_matrix:
     return keep_top_per_row(sim, cfg.neighbours)
 
 
+def last_items(items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Return each left-aligned prefix's last item (B,) from items (B, L) and lengths (B,)."""
+    return items[np.arange(len(items)), np.asarray(lengths) - 1]
+
+
 def tensor(a: np.ndarray) -> torch.Tensor:
     """Return a CPU tensor copy of an array (safe for ``weights_only`` checkpoints)."""
     return torch.from_numpy(np.ascontiguousarray(a).copy())
@@ -126,7 +131,7 @@ class LastItemModel(CountModel):
 
     def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Return scores (B, V + 1) from each row's last item, in one step."""
-        return self.score_items(items[np.arange(len(items)), np.asarray(lengths) - 1])
+        return self.score_items(last_items(items, lengths))
 
 
 class Popularity(LastItemModel):
@@ -209,7 +214,7 @@ class Markov(LastItemModel):
     def sparse_scores(self, items: np.ndarray, lengths: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
         """Return (transition counts + popularity, stored for the last item's successors; popularity (V + 1,))."""
         pop = self.fitted_popularity()
-        rows = self.transitions[items[np.arange(len(items)), np.asarray(lengths) - 1]].astype(np.float32)  # (B, V + 1)
+        rows = self.transitions[last_items(items, lengths)].astype(np.float32)  # (B, V + 1)
         rows.eliminate_zeros()
         rows.data += pop[rows.indices]  # counts >= 1 > 0.5 >= any popularity
         return rows, pop
@@ -245,19 +250,19 @@ class ItemKNN(LastItemModel):
     def score_items(self, last: np.ndarray) -> np.ndarray:
         """Return similarity to the last item; items without similarity get popularity below it."""
         pop = self.fitted_popularity()  # (V + 1,)
-        # Back-off scores stay below the smallest kept similarity: pop <= 0.5, so pop * floor < floor.
-        floor = np.float32(self.similarity.data.min() if self.similarity.nnz else 1.0)
         sim = self.similarity[last].toarray().astype(np.float32)  # (B, V + 1)
-        return np.where(sim > 0, sim, pop * floor)  # (B, V + 1)
+        return np.where(sim > 0, sim, pop * self.backoff_floor())  # (B, V + 1)
+
+    def backoff_floor(self) -> np.float32:
+        """Return the popularity scale of the back-off: pop <= 0.5, so pop * floor stays below every kept similarity."""
+        return np.float32(self.similarity.data.min() if self.similarity.nnz else 1.0)
 
     def sparse_scores(self, items: np.ndarray, lengths: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
         """Return (similarity rows of the last items, stored where > 0; popularity scaled below the smallest similarity)."""
-        pop = self.fitted_popularity()
-        floor = np.float32(self.similarity.data.min() if self.similarity.nnz else 1.0)
-        sim = self.similarity[items[np.arange(len(items)), np.asarray(lengths) - 1]].astype(np.float32)  # (B, V + 1)
+        sim = self.similarity[last_items(items, lengths)].astype(np.float32)  # (B, V + 1)
         sim.data[sim.data < 0] = 0  # score_items keeps only positive similarities
         sim.eliminate_zeros()
-        return sim, pop * floor
+        return sim, self.fitted_popularity() * self.backoff_floor()
 
     def state_dict(self) -> dict:
         """Return config, support and similarity matrix."""
