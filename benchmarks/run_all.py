@@ -681,6 +681,17 @@ def make_plots(records: list[dict], plots: Path) -> list[Path]:
     return written
 
 
+def scale_line(records: list[dict], scales: list[int], args: argparse.Namespace) -> str:
+    """Return the scales grouped by the days and domains their data was generated with (their generate records)."""
+    made = {r["scale"]: r["figures"][0] for r in records if r["stage"] == "generate" and r.get("figures")}
+    groups: dict[tuple[int, str], list[int]] = {}
+    for s in scales:
+        fig = made.get(s, {})
+        groups.setdefault((fig.get("days", args.days), ",".join(fig.get("domains", args.domains.split(",")))), []).append(s)
+    return "; ".join(f"{', '.join(f'{s:,}' for s in group)} marketplace events over {days} days (domains generated: {doms})"
+                     for (days, doms), group in groups.items()) or "none"
+
+
 def render(records: list[dict], args: argparse.Namespace, md_path: Path, plots: list[Path]) -> str:
     """Return the generated part of BENCHMARKS.md (ending with the marker line)."""
     m = machine()
@@ -705,8 +716,7 @@ def render(records: list[dict], args: argparse.Namespace, md_path: Path, plots: 
         f"- GPU: {m.get('gpu')}",
         f"- Python {m.get('python')}, torch {m.get('torch', '?')}, {m.get('platform')}; commit {m.get('commit') or '?'}"
         " (working tree may hold uncommitted changes)",
-        f"- scales: {', '.join(f'{s:,}' for s in scales) or 'none'} marketplace events over {args.days} days "
-        f"(domains generated: {args.domains}); workers/threads: {args.workers}",
+        f"- scales: {scale_line(records, scales, args)}; workers/threads: {args.workers}",
         "- the 1-minute load average before → after each script is listed with its command: on a shared machine, "
         "a load above the core count means the figures are pessimistic.",
         "",

@@ -111,6 +111,11 @@ def test_bucketed_chunked_aggregation_equals_in_memory(window: int, distance: bo
     assert many.report["coview_chunks"] > 15 and len(list((tmp_path / "many").glob("_pairs"))) == 0
     pd.testing.assert_frame_equal(one.edges, many.edges)
     assert edge_dict(many) == pytest.approx(reference_edges(sessions, window, distance))
+    unused = pd.CategoricalDtype(["zz", *sorted(sessions[C.ITEM].unique()), "a0"])  # categories no event uses
+    as_category = build_cooccurrence_graph(sessions.astype({C.ITEM: unused}), None, None,
+                                           GraphConfig(**base, buckets=7, chunk_events=40), tmp_path / "cat")
+    pd.testing.assert_frame_equal(as_category.edges, many.edges)  # categorical items (as the stage reads them): same graph
+    assert list(as_category.vocab.ids) == list(many.vocab.ids)
 
 
 def test_matrix_files_and_rerun(tmp_path: Path) -> None:

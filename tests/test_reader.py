@@ -260,3 +260,32 @@ def test_load_day_tables_mixed_float_types_and_bad_schema(tmp_path: Path) -> Non
     excluded = load_day_tables(tmp_path, "reviews", DataConfig(on_bad_partition="skip", first_day=11))
     assert list(excluded.table.columns) == ["timestamp", "user_id", "rating"]
     assert excluded.missing_days == {"reviews": []}
+
+
+def test_ingest_streams_days_and_moves_off_day_rows(tecd_root: Path, tmp_path: Path) -> None:
+    """One day at a time: off-day rows land in their day's file; rows of a day with no file are kept apart."""
+    from seqrec.stages import ingest_events
+
+    stray = DAY2 + [(-3600.0, 5, "nfmcg_7", "u2i", "view", "ios"), (2 * 86400 + 1.0, 6, "nfmcg_8", "u2i", "view", "ios")]
+    write_day(tecd_root, "marketplace/events", 101, event_table(101, stray))  # 1 h before day 101; 1 s into day 103
+    out = ingest_events(str(tecd_root), DataConfig(dask_workers=1), str(tmp_path / "ingest"))
+    by_day = {d["day"]: pd.read_parquet(d["path"]) for d in out["days"]}
+    assert sorted(by_day) == [100, 101, 103]
+    assert [d["rows"] for d in out["days"]] == [4, 2, 2]
+    assert by_day[100][C.USER].tolist() == [7, 2, 9, 5]  # sorted by (time, user); the stray row at 23:00 last
+    assert by_day[103][C.ITEM].tolist() == ["nfmcg_8", "nfmcg_9"]  # 1 s before 2 s
+    assert out["rows"] == 8 and out["rows_outside_days"] == 0
+    assert not (tmp_path / "ingest" / "_off_day").exists()
+
+
+def test_ingest_keeps_rows_of_days_without_a_file(tecd_root: Path, tmp_path: Path) -> None:
+    """A row dated on day 102 (no file, in the range) is written to events_outside_days, counted."""
+    from seqrec.stages import ingest_events
+
+    write_day(tecd_root, "marketplace/events", 101, event_table(101, DAY2 + [(86400 + 10.0, 8, "nfmcg_5", "u2i", "view", "ios")]))
+    out = ingest_events(str(tecd_root), DataConfig(dask_workers=2), str(tmp_path / "ingest"))
+    assert out["rows_outside_days"] == 1 and sum(d["rows"] for d in out["days"]) == out["rows"] - 1
+    outside = pd.read_parquet(tmp_path / "ingest" / "events_outside_days.parquet")
+    assert outside[C.USER].tolist() == [8]
+    whole = load_events(tecd_root, DataConfig())
+    assert len(whole.events) == out["rows"]

@@ -150,3 +150,43 @@ def test_bad_input_names_the_column() -> None:
     df.loc[0, C.USER] = np.nan
     with pytest.raises(ValueError, match="'user_id' has 1 null"):
         sessionize(df, SessionConfig())
+
+
+def random_days(seed: int, days: int = 4, per_day: int = 3000) -> list[pd.DataFrame]:
+    """Return day partitions of random events: few users, bursty times, a skewed catalogue."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for d in range(days):
+        n = per_day
+        times = d * DAY + np.sort(rng.integers(0, DAY, n))
+        times[rng.random(n) < 0.2] = d * DAY + 5  # ties in time
+        users = rng.integers(0, 60, n)
+        items = [f"i{k}" for k in rng.zipf(1.6, n) % 400]
+        part = events(list(zip(users.tolist(), times.tolist(), items)))
+        part[C.OS] = np.where(rng.random(n) < 0.5, "ios", None)
+        parts.append(part)
+    return parts
+
+
+@pytest.mark.parametrize("support, length, mode", [(1, 1, "fixed_point"), (3, 2, "fixed_point"), (5, 4, "once")])
+def test_out_of_core_stage_equals_in_memory(tmp_path, support: int, length: int, mode: str) -> None:
+    """Day files sessionized in buckets of ~1000 rows give the in-memory result: rows, order, ids, removals, counts."""
+    from seqrec import io
+    from seqrec.sessions_stream import sessionize_files
+
+    parts = random_days(support * 10 + length)
+    paths = [io.write_table(p, tmp_path / "days" / f"{i:05d}.parquet") for i, p in enumerate(parts)]
+    cfg = SessionConfig(min_item_support=support, min_session_length=length, filter_mode=mode, gap_minutes=20)
+    mem = sessionize_partitions(parts, cfg)
+    out = sessionize_files(paths, cfg, tmp_path / "out", bucket_events=1000)
+    got = pd.read_parquet(out["sessions"])
+    assert out["report"]["buckets"] >= 10
+    pd.testing.assert_frame_equal(got, mem.events, check_dtype=False)
+    removed = pd.read_parquet(out["removed"])
+    key = [C.USER, C.TIMESTAMP, C.ITEM, C.REASON, ROUND]
+    pd.testing.assert_frame_equal(removed.sort_values(key, kind="stable").reset_index(drop=True),
+                                  mem.removed.sort_values(key, kind="stable").reset_index(drop=True), check_dtype=False)
+    assert {k: out["report"][k] for k in mem.report} == mem.report
+    assert len(got) + len(removed) == sum(len(p) for p in parts)
+    if support > 1:
+        assert mem.report["events_removed_item_support"] > 0 and mem.report["sessions_removed_session_length"] > 0

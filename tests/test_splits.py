@@ -142,3 +142,14 @@ def test_split_leave_one_out_reports_short_users_and_unknown_targets():
     assert split.report["test_users_dropped_unknown_target"] == 1
     assert list(split.dropped[C.ITEM]) == ["f"]
     assert np.array_equal(split.valid.session_keys, [1, 2])
+
+
+def test_vocab_encodes_categoricals_by_category() -> None:
+    """A categorical column encodes like its strings; missing values and unknown categories map to padding."""
+    from seqrec.sequences import ItemVocab, distinct_items
+
+    vocab = ItemVocab.from_items(pd.Series(["b", "a", "c"]).astype("category"))
+    assert list(vocab.ids) == ["<pad>", "a", "b", "c"]
+    items = pd.Series(pd.Categorical(["c", None, "x", "a"], categories=["x", "a", "c", "q"]))
+    assert vocab.encode(items).tolist() == [3, 0, 0, 1] == vocab.encode(np.array(["c", "", "x", "a"], dtype=object)).tolist()
+    assert sorted(distinct_items(items)) == ["a", "c", "x"]  # used categories only ("q" unused)

@@ -215,7 +215,8 @@ class SessionConfig(Section):
     min_session_length: int = Field(1, ge=1)  # events per session, counted after the support filter
     min_item_support: int = Field(1, ge=1)  # events per item over the whole table
     filter_mode: Literal["once", "fixed_point"] = "fixed_point"  # repeat support+length until stable
-    workers: int = Field(1, gt=0)  # threads sessionizing day partitions in parallel
+    workers: int = Field(1, gt=0)  # threads sessionizing day partitions in parallel (in-memory API)
+    bucket_events: int = Field(4_000_000, gt=0)  # rows per user bucket of the out-of-core stage (its memory bound)
 
 
 class GraphConfig(Section):

@@ -36,7 +36,7 @@ import scipy.sparse as sp  # noqa: E402
 from seqrec import columns as C  # noqa: E402
 from seqrec.config import GraphConfig  # noqa: E402
 from seqrec.io import atomic_path, read_json, read_table, write_figure, write_json, write_table  # noqa: E402
-from seqrec.sequences import ItemVocab  # noqa: E402
+from seqrec.sequences import ItemVocab, distinct_items  # noqa: E402
 
 TRANSACTION = "transaction_hash"
 RECEIPT_ITEM = "approximate_item_id"
@@ -147,7 +147,7 @@ def ordered_session_items(sessions: pd.DataFrame, vocab: ItemVocab) -> tuple[np.
     keys = sessions[C.SESSION].to_numpy(np.int64)
     times = sessions[C.TIMESTAMP].to_numpy(np.int64) if C.TIMESTAMP in sessions else np.zeros(len(keys), np.int64)
     order = np.lexsort((times, keys))
-    return keys[order], vocab.encode(sessions[C.ITEM].to_numpy()[order])
+    return keys[order], vocab.encode(sessions[C.ITEM])[order]
 
 
 def spill_coview(sessions: pd.DataFrame, vocab: ItemVocab, cfg: GraphConfig, spill_dir: Path) -> dict[str, int]:
@@ -286,9 +286,10 @@ def build_cooccurrence_graph(
     """Return the item graph of co-views and co-purchases; write it and the rows it left out to workdir."""
     workdir = Path(workdir)
     catalogue = None if catalogue_items is None else pd.Index(pd.unique(catalogue_items.dropna().astype(str)))
-    link_to = catalogue if catalogue is not None else pd.Index(pd.unique(sessions[C.ITEM].astype(str)))
+    viewed = distinct_items(sessions[C.ITEM]).astype(str)
+    link_to = catalogue if catalogue is not None else pd.Index(viewed)
     linked, unused = link_receipts(receipts, link_to, cfg) if receipts is not None else (None, None)
-    vocab = ItemVocab.from_items(pd.concat([sessions[C.ITEM].astype(str)] + ([linked[C.ITEM]] if linked is not None else [])))
+    vocab = ItemVocab.from_items(pd.concat([viewed] + ([linked[C.ITEM]] if linked is not None else [])))
     spill_dir = reset_dir(workdir / "_pairs")
     reset_dir(workdir / "pruned_edges")
     report: dict[str, Any] = {"config": cfg.model_dump(), "session_events": len(sessions), "vocab_items": vocab.size}

@@ -71,9 +71,9 @@ def write_table(table: pa.Table | pd.DataFrame, dest: Path | str, **kwargs: Any)
     return Path(dest)
 
 
-def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a parquet file (or directory of files) into pandas."""
-    return pq.read_table(path, columns=columns).to_pandas()
+def read_table(path: Path | str, columns: list[str] | None = None, categorical: list[str] | None = None) -> pd.DataFrame:
+    """Read a parquet file (or directory of files) into pandas; ``categorical`` columns come as pandas categoricals."""
+    return pq.read_table(path, columns=columns, read_dictionary=categorical).to_pandas()
 
 
 def write_text(text: str, dest: Path | str) -> Path:

@@ -265,40 +265,68 @@ def relative_name(path: Path, root: Path) -> str:
 
 
 # --------------------------------------------------------------------------- events
-def load_events(root: Path, cfg: DataConfig, client: "distributed.Client | None" = None) -> LoadResult:
-    """Return the canonical event table of ``cfg.domains`` over the day range, with a partition report.
+EventRead = tuple[Partition, str, str]  # (partition, name relative to the root, domain)
 
-    Every partition is read before bad ones are judged, so a "fail" error names all of them.
-    """
+
+def plan_event_reads(root: Path, cfg: DataConfig) -> tuple[list[EventRead], dict[str, list[int]], list[Path]]:
+    """Return (the event partitions of ``cfg.domains`` to read, missing days per table, their files)."""
     root = Path(root)
-    tasks, files, missing = [], [], {}
+    reads, missing = [], {}
     for domain in cfg.domains:
         table = f"{domain}/events"
         parts = list_partitions(root, table, cfg.first_day, cfg.last_day)
         missing[table] = find_missing_days(parts, cfg.first_day, cfg.last_day)
-        for part in parts:
-            rel = relative_name(part.path, root)
-            read = dask.delayed(guard_partition, pure=False)
-            tasks.append(read(read_event_partition, part, rel, domain, cfg.read_retries))
-            files.append(part.path)
-    results = compute_all(tasks, cfg, client)
-    reports = [r for _, r in results]
-    skipped = check_bad_partitions(reports, cfg.on_bad_partition)
+        reads += [(part, relative_name(part.path, root), domain) for part in parts]
+    return reads, missing, [part.path for part, _, _ in reads]
+
+
+def read_event_partitions(reads: list[EventRead], cfg: DataConfig, client: "distributed.Client | None" = None
+                          ) -> list[tuple[pa.Table | None, dict[str, Any]]]:
+    """Return (canonical table or None, report) per partition, read in parallel by Dask; never raises for a bad one."""
+    read = dask.delayed(guard_partition, pure=False)
+    results = compute_all([read(read_event_partition, part, rel, domain, cfg.read_retries) for part, rel, domain in reads],
+                          cfg, client)
     for t, r in results:
         r["off_day_rows"] = 0 if t is None else count_off_day(t, r["day"])
-    events = sort_events(pa.concat_tables([t for t, _ in results if t is not None]))
+    return results
+
+
+def load_events(root: Path, cfg: DataConfig, client: "distributed.Client | None" = None) -> LoadResult:
+    """Return the canonical event table of ``cfg.domains`` over the day range, with a partition report.
+
+    Every partition is read before bad ones are judged, so a "fail" error names all of them.
+    The whole table is held in memory; ``seqrec.stages.ingest_events`` streams day by day.
+    """
+    reads, missing, files = plan_event_reads(root, cfg)
+    results = read_event_partitions(reads, cfg, client)
+    reports = [r for _, r in results]
+    skipped = check_bad_partitions(reports, cfg.on_bad_partition)
+    events = sort_event_table(pa.concat_tables([t for t, _ in results if t is not None])).to_pandas()
     return LoadResult(events, reports, skipped, missing, fingerprint_files(files))
+
+
+def sort_event_table(table: pa.Table) -> pa.Table:
+    """Return the events sorted by (timestamp, user), ties in (domain, day, file row) order."""
+    order = pc.sort_indices(table, sort_keys=[(C.TIMESTAMP, "ascending"), (C.USER, "ascending")])  # stable
+    if not np.array_equal(order.to_numpy(), np.arange(len(order))):  # day files usually arrive sorted
+        table = table.take(order)
+    return table
 
 
 def sort_events(table: pa.Table) -> pd.DataFrame:
     """Return the events sorted by (timestamp, user), ties in (domain, day, file row) order, as pandas."""
-    order = pc.sort_indices(table, sort_keys=[(C.TIMESTAMP, "ascending"), (C.USER, "ascending")])  # stable
-    if not np.array_equal(order.to_numpy(), np.arange(len(order))):  # day files usually arrive sorted
-        table = table.take(order)
-    return table.to_pandas()
+    return sort_event_table(table).to_pandas()
 
 
-# --------------------------------------------------------------------------- non-event tables
+def split_event_days(table: pa.Table) -> dict[int, pa.Table]:
+    """Return a canonical event table's rows by the day of their timestamp (in row order)."""
+    days = table[C.TIMESTAMP].to_numpy() // C.MICROS_PER_DAY  # (n,)
+    first = int(days[0]) if len(days) else 0
+    if len(days) == 0 or (days == first).all():  # the usual case: one day per file
+        return {first: table} if len(days) else {}
+    return {int(d): table.filter(pa.array(days == d)) for d in np.unique(days)}
+
+
 def repair_embeddings(column: pa.ChunkedArray | pa.Array, dim: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Return (matrix (N, dim) float32, original lengths (N,) int32) of a ragged list column.
 

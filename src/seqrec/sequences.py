@@ -26,7 +26,7 @@ class ItemVocab:
     @classmethod
     def from_items(cls, items: pd.Series | np.ndarray) -> "ItemVocab":
         """Return a vocabulary of the distinct items, sorted for determinism."""
-        uniq = np.sort(pd.unique(pd.Series(items).astype(str)))
+        uniq = np.sort(pd.unique(distinct_items(items).astype(str)))
         return cls(np.concatenate([np.array(["<pad>"], dtype=object), uniq.astype(object)]))
 
     @property
@@ -35,14 +35,30 @@ class ItemVocab:
         return len(self.ids) - 1
 
     def encode(self, items: pd.Series | np.ndarray) -> np.ndarray:
-        """Return dense indices (int64) for original ids; unknown ids map to 0."""
+        """Return dense indices (int64) for original ids; unknown ids map to 0.
+
+        A categorical input is encoded by its categories (no per-row strings are made).
+        """
+        series = pd.Series(items)
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            per_category = np.append(self.encode(series.cat.categories.to_numpy()), PAD)  # code -1 (missing) -> PAD
+            return per_category[series.cat.codes.to_numpy()]
         index = pd.Index(self.ids[1:])
-        pos = index.get_indexer(pd.Series(items).astype(str))
+        pos = index.get_indexer(series.astype(str))
         return np.where(pos >= 0, pos + 1, PAD).astype(np.int64)
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
         """Return original ids for dense indices (any shape)."""
         return self.ids[np.asarray(indices)]
+
+
+def distinct_items(items: pd.Series | np.ndarray) -> pd.Series:
+    """Return the distinct values of ``items`` (a categorical's used categories: no per-row strings are made)."""
+    series = pd.Series(items)
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        codes = np.unique(series.cat.codes.to_numpy())
+        return pd.Series(series.cat.categories.to_numpy()[codes[codes >= 0]])
+    return pd.Series(pd.unique(series))
 
 
 @dataclass(frozen=True)

@@ -58,10 +58,8 @@ def check_event_columns(events: pd.DataFrame, where: str) -> None:
             raise TypeError(f"{where}: column '{col}' must be int64, got dtype {events[col].dtype}")
 
 
-def local_sessions(part: pd.DataFrame, gap_us: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (partition sorted by user/time with a local session number, one row per local session)."""
-    users = part[C.USER].to_numpy(np.int64)
-    times = part[C.TIMESTAMP].to_numpy(np.int64)
+def session_bounds(users: np.ndarray, times: np.ndarray, gap_us: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Return (sort order by user/time, each sorted row's local session number, one row per local session)."""
     order = np.lexsort((times, users))  # stable: ties in (user, time) keep input order
     u, t = users[order], times[order]  # (n,), (n,)
     new_user = np.ones(len(u), dtype=bool)
@@ -73,8 +71,14 @@ def local_sessions(part: pd.DataFrame, gap_us: int) -> tuple[pd.DataFrame, pd.Da
     sessions = pd.DataFrame({"user": u[starts], "start": t[starts], "end": t[ends], "first": new_user[starts]})
     first_users = sessions["user"].to_numpy()
     sessions["last"] = np.append(first_users[1:] != first_users[:-1], True)[: len(starts)]
+    return order, np.cumsum(new) - 1, sessions
+
+
+def local_sessions(part: pd.DataFrame, gap_us: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (partition sorted by user/time with a local session number, one row per local session)."""
+    order, local, sessions = session_bounds(part[C.USER].to_numpy(np.int64), part[C.TIMESTAMP].to_numpy(np.int64), gap_us)
     ordered = part.iloc[order].reset_index(drop=True)
-    ordered[_LOCAL] = np.cumsum(new) - 1
+    ordered[_LOCAL] = local
     return ordered, sessions
 
 

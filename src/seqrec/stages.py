@@ -7,12 +7,15 @@ directly, so every stage works without Prefect.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from seqrec import columns as C
 from seqrec import io
@@ -67,40 +70,131 @@ def raw_day_fingerprints(partitions: list[dict[str, Any]], root: Path) -> dict[i
 
 
 def ingest_events(root: str, data: DataConfig, out_dir: str, client=None) -> dict[str, Any]:
-    """Load the raw event partitions (Dask) and write one canonical parquet file per day."""
-    from seqrec.reader import load_events
+    """Load the raw event partitions (Dask) and write one canonical parquet file per day, sorted by (time, user).
+
+    Streams: ``data.dask_workers`` days are read at a time (every domain's file of those days in
+    parallel) and written before the next days are read, so memory holds a few days, never the
+    whole range. A row whose timestamp falls on another day than its file's is written to its own
+    day's file (merged in at the end); rows of a day with no readable file go to
+    ``events_outside_days.parquet`` and are counted, never dropped. Bad partitions are judged
+    after every file was read, so a "fail" error names all of them. Files are written to a
+    sibling folder first and moved into ``out_dir`` only when the whole ingest succeeded: a failed
+    ingest leaves ``out_dir`` as it was.
+    """
+    import tempfile
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = ingest_days(Path(root), data, work, client)
+        out.mkdir(exist_ok=True)
+        for name in ("events", "events_outside_days.parquet"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            if (work / name).exists():
+                (work / name).rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for d in result["days"]:
+        d["path"] = str(out / "events" / Path(d["path"]).name)
+    return result
+
+
+def ingest_days(root_path: Path, data: DataConfig, out: Path, client=None) -> dict[str, Any]:
+    """Do ``ingest_events``'s work, writing under ``out``."""
+    from seqrec import reader
 
     start = time.perf_counter()
-    result = load_events(Path(root), data, client=client)
-    events = result.events
-    prints = raw_day_fingerprints([p for p in result.partitions if p["status"] == "ok"], Path(root))
-    days = day_of(events[C.TIMESTAMP])
-    written = []
-    for day, fp in prints.items():
-        part = events[days == day]
-        path = Path(out_dir) / "events" / f"{day:05d}.parquet"
-        io.write_table(part, path)
-        written.append({"day": day, "path": str(path), "rows": len(part), "fingerprint": io.fingerprint_obj([fp, config_to_dict(data)])})
+    reads, missing, _ = reader.plan_event_reads(root_path, data)
+    days = sorted({part.day for part, _, _ in reads})
+    staged = reset_folder(out / "_off_day")
+    step = max(1, data.dask_workers)
+    reports: list[dict[str, Any]] = []
+    rows_by_day: dict[int, int] = {}
+    for i in range(0, len(days), step):
+        window = set(days[i : i + step])
+        results = reader.read_event_partitions([r for r in reads if r[0].day in window], data, client)
+        reports += [r for _, r in results]
+        ok_days = {r["day"] for t, r in results if t is not None}
+        pieces: dict[int, list] = {}
+        for t, _ in results:
+            for day, piece in ({} if t is None else reader.split_event_days(t)).items():
+                pieces.setdefault(day, []).append(piece)
+        for day, group in sorted(pieces.items()):
+            if day in ok_days:
+                rows_by_day[day] = write_event_day(group, out / "events" / f"{day:05d}.parquet")
+            else:  # another day's rows, or a day whose files were all bad: settled once every file is read
+                for j, piece in enumerate(group):
+                    io.write_table(piece, staged / f"{day:05d}" / f"{i:06d}-{j:03d}.parquet")
+    skipped = reader.check_bad_partitions(reports, data.on_bad_partition)
+    prints = raw_day_fingerprints([r for r in reports if r["status"] == "ok"], root_path)
+    outside = merge_off_day_rows(staged, out, prints, rows_by_day)
+    written = [{"day": day, "path": str(out / "events" / f"{day:05d}.parquet"), "rows": rows_by_day.get(day, 0),
+                "fingerprint": io.fingerprint_obj([fp, config_to_dict(data)])} for day, fp in prints.items()]
+    for day in prints:
+        if day not in rows_by_day:  # every row of the day's files belonged to other days
+            write_event_day([], out / "events" / f"{day:05d}.parquet")
     return {
         "days": written,
-        "rows": len(events),
-        "partitions": result.partitions,
-        "skipped": result.skipped,
-        "missing_days": result.missing_days,
+        "rows": sum(r["rows"] for r in reports),
+        "rows_outside_days": outside,
+        "partitions": reports,
+        "skipped": skipped,
+        "missing_days": missing,
         "fingerprint": io.fingerprint_obj([d["fingerprint"] for d in written]),
         "seconds": round(time.perf_counter() - start, 3),
     }
 
 
-def sessionize_events(day_paths: list[str], cfg: SessionConfig, out_dir: str) -> dict[str, Any]:
-    """Sessionize cleaned day partitions in day order; write sessions and removed rows."""
-    from seqrec.sessions import sessionize_partitions
+def reset_folder(path: Path) -> Path:
+    """Return ``path`` as a new empty folder (removed first if it exists)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
-    parts = [io.read_table(p) for p in sorted(day_paths)]
-    result = sessionize_partitions(parts, cfg)
-    path = io.write_table(result.events, Path(out_dir) / "sessions.parquet")
-    removed = io.write_table(result.removed, Path(out_dir) / "sessions_removed.parquet")
-    return {"sessions": str(path), "removed": str(removed), "report": result.report}
+
+def write_event_day(tables: list, path: Path) -> int:
+    """Write canonical event tables as one file sorted by (time, user); return its rows."""
+    from seqrec.reader import EVENT_ARROW_SCHEMA, sort_event_table
+
+    table = pa.concat_tables(tables) if tables else EVENT_ARROW_SCHEMA.empty_table()
+    io.write_table(sort_event_table(table), path)
+    return table.num_rows
+
+
+def merge_off_day_rows(staged: Path, out: Path, prints: dict[int, str], rows_by_day: dict[int, int]) -> int:
+    """Merge staged rows into their day's file (rows of days without a file go to ``events_outside_days``).
+
+    Return the count of rows outside every read day; remove the staging folder.
+    """
+    outside = []
+    for folder in sorted(p for p in staged.iterdir() if p.is_dir()):
+        day, rows = int(folder.name), pq.read_table(folder)
+        if day not in prints:
+            outside.append(rows)
+            continue
+        path = out / "events" / f"{day:05d}.parquet"
+        current = [pq.read_table(path)] if day in rows_by_day else []
+        rows_by_day[day] = write_event_day(current + [rows], path)
+    shutil.rmtree(staged)
+    n = sum(t.num_rows for t in outside)
+    target = out / "events_outside_days.parquet"
+    if n:
+        io.write_table(pa.concat_tables(outside), target)
+    elif target.exists():
+        target.unlink()
+    return n
+
+
+def sessionize_events(day_paths: list[str], cfg: SessionConfig, out_dir: str) -> dict[str, Any]:
+    """Sessionize cleaned day partitions in day order, out of core; write sessions and removed rows."""
+    from seqrec.sessions_stream import sessionize_files
+
+    return sessionize_files(sorted(day_paths), cfg, out_dir, bucket_events=cfg.bucket_events)
 
 
 def split_sessions(sessions_path: str, cfg: EvaluationConfig, out_dir: str) -> dict[str, Any]:
@@ -265,7 +359,7 @@ def build_item_graph(sessions_path: str, root: str, cfg, out_dir: str, data: Dat
     """Build the co-occurrence graph from sessions and receipts; write edges, matrix, stats, plot."""
     from seqrec.graph import build_cooccurrence_graph, graph_stats, plot_degree_distribution
 
-    sessions = io.read_table(sessions_path, columns=[C.SESSION, C.TIMESTAMP, C.ITEM])
+    sessions = io.read_table(sessions_path, columns=[C.SESSION, C.TIMESTAMP, C.ITEM], categorical=[C.ITEM])  # no per-row strings
     receipts, catalogue = load_receipts(root, data or DataConfig())
     graph = build_cooccurrence_graph(sessions, receipts, catalogue, cfg, Path(out_dir))
     stats = graph_stats(graph)
