@@ -13,7 +13,8 @@ columns is timed (best of ``--repeat``, page cache warm) as the in-process basel
 i.e. the pipeline's throughput as a share of the scan's (ingest and cleaning include writing
 their parquet outputs, as in the pipeline).
 
-Peak memory per stage is the process's VmHWM, reset before each stage through
+Peak memory per stage is the process's VmHWM, reset before each stage (after garbage collection
+and handing pyarrow's unused pool memory back, so the scan's buffers do not count) through
 ``/proc/self/clear_refs`` (Linux; without it the figures are cumulative and say so). The
 generator's worker processes are reported apart (``children_peak_rss_mib``). Great Expectations
 is imported before the timings (``gx_import_s``), as a long-running worker pays it once. Human-readable
@@ -35,6 +36,7 @@ from typing import Any, Callable
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
+import pyarrow as pa  # noqa: E402
 import pyarrow.dataset as pads  # noqa: E402
 
 from seqrec.config import load_config  # noqa: E402
@@ -56,6 +58,12 @@ def rss_status() -> dict[str, float]:
     return out
 
 
+def release_memory() -> None:
+    """Collect garbage and hand pyarrow's unused pool memory back, so a stage's peak starts from live data only."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+
+
 def reset_peak() -> bool:
     """Reset VmHWM to the current RSS; return False where the kernel does not allow it."""
     try:
@@ -75,7 +83,7 @@ class Stages:
 
     def run(self, name: str, fn: Callable[[], Any], **extra: Any) -> Any:
         """Return ``fn()``; record its wall time and peak RSS under ``name``."""
-        gc.collect()
+        release_memory()
         self.peak_resets = reset_peak() and self.peak_resets
         start = time.perf_counter()
         out = fn()

@@ -502,9 +502,29 @@ def target_lvc(records: list[dict]) -> tuple[str, str, str]:
     return ("met" if value >= 0.6 else "not met"), f"{value:.3f} × raw pyarrow scan (scales: {measured})", limit
 
 
+STAGE_LINE = re.compile(r"^(\w+)\s+([\d.]+) s\s+peak\s+([\d.]+) MiB$", re.M)
+
+
+def failed_big_pipeline(records: list[dict]) -> tuple[str, str] | None:
+    """Return (measured, limit) for a failed pipeline run at >= 100M events (stages read off its stderr), or None."""
+    bad = [r for r in records if r["stage"] == "pipeline" and r["status"] != "ok" and (r.get("scale") or 0) >= 100_000_000]
+    if not bad:
+        return None
+    r = bad[-1]
+    stages = [(n, float(t), float(m)) for n, t, m in STAGE_LINE.findall(r.get("stderr_tail") or "") if n != "resolve"]
+    done = ", ".join(f"{n} {t:.0f} s / {fmt_mib(m)}" for n, t, m in stages)
+    measured = (f"{human(r['scale'])} events: {r['status']} after {r.get('wall_s', 0):.0f} s, process peak "
+                f"{fmt_mib(r.get('peak_rss_mib') or 0)}; stages that finished (time / peak RSS): {done or 'none'}")
+    nxt = "the stage after " + stages[-1][0] if stages else "the first stage"
+    return measured, f"{nxt} ran out of memory (exit 137 is the kernel's OOM kill on this 23.5 GiB machine)"
+
+
 def target_memory(records: list[dict]) -> tuple[str, str, str]:
     pairs = ok_figs(records, "pipeline")
     points = sorted({f["rows"]: max(f.get("peak_rss_mib", 0), r.get("peak_rss_mib") or 0) for r, f in pairs}.items())
+    failed = failed_big_pipeline(records)
+    if failed:
+        return "not met", *failed
     if not points:
         return "not measured", "bench_pipeline.py did not run", ""
     top = max(pairs, key=lambda p: p[1]["rows"])[1]
