@@ -126,13 +126,12 @@ def count_fates(users: np.ndarray, sessions: np.ndarray, fate: np.ndarray, round
     }
     for code, reason in REASONS.items():
         report[f"events_removed_{reason}"] = int((fate == code).sum())
-        report[f"sessions_removed_{reason}"] = int((lost & (last % 2 == (code == LENGTH)) & (last > 0)).sum())
+        report[f"sessions_removed_{reason}"] = int((lost & (last % 2 == (code == LENGTH))).sum())
     return report
 
 
-def user_buckets(tables: list[pd.DataFrame], local: list[np.ndarray], bucket_events: int) -> np.ndarray:
-    """Return the sorted upper user bounds of buckets of about ``bucket_events`` events each."""
-    users = np.concatenate([t["user"].to_numpy(np.int64) for t in tables])
+def user_buckets(users: np.ndarray, tables: list[pd.DataFrame], local: list[np.ndarray], bucket_events: int) -> np.ndarray:
+    """Return the sorted upper user bounds of buckets of about ``bucket_events`` events each (``users``: per local session)."""
     sizes = np.concatenate([np.bincount(loc, minlength=len(t)) for t, loc in zip(tables, local)])
     uniq, inverse = np.unique(users, return_inverse=True)
     per_user = np.bincount(inverse, weights=sizes, minlength=len(uniq))
@@ -145,6 +144,7 @@ def spill_day(path: Path, p: int, gap_us: int, ids: np.ndarray, fate: np.ndarray
               bounds: np.ndarray, work: Path) -> None:
     """Pass 3a: write day ``p``'s rows, sorted by (user, time), with session id and fate, into user buckets."""
     part = io.read_table(path)
+    # the sort order is recomputed rather than kept from pass 1, which would hold 8 bytes per event for the whole run
     order, _, _ = session_bounds(part[C.USER].to_numpy(np.int64), part[C.TIMESTAMP].to_numpy(np.int64), gap_us)
     ordered = part.iloc[order].reset_index(drop=True)
     ordered[C.SESSION], ordered[_FATE], ordered[_ROUND] = ids, fate, rounds
@@ -156,46 +156,44 @@ def spill_day(path: Path, p: int, gap_us: int, ids: np.ndarray, fate: np.ndarray
 
 
 class Appender:
-    """Appends pandas frames to one parquet file; the first frame fixes the schema."""
+    """Appends pandas frames to one parquet file at ``path``; the first frame fixes the schema."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.tmp, self.writer = path, path.with_name(f".{path.name}.tmp"), None
+        self.path, self.writer = path, None
 
     def append(self, frame: pd.DataFrame) -> None:
         """Append ``frame`` (cast to the file's schema)."""
         table = pa.Table.from_pandas(frame, preserve_index=False)
         if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+            self.writer = pq.ParquetWriter(self.path, table.schema)
         elif table.schema != self.writer.schema:
             table = table.cast(self.writer.schema)
         self.writer.write_table(table)
 
-    def close(self, empty: pd.DataFrame) -> Path:
-        """Finish the file (one empty table with ``empty``'s columns if nothing was appended); return its path."""
+    def close(self, empty: pd.DataFrame) -> None:
+        """Finish the file (one empty table with ``empty``'s columns if nothing was appended)."""
         if self.writer is None:
             self.append(empty)
         self.writer.close()
-        self.tmp.replace(self.path)
-        return self.path
 
 
 def write_buckets(work: Path, sessions_path: Path, removed_path: Path, columns: list[str]) -> None:
-    """Pass 3b: bucket by bucket, sort rows by user (stable) and append kept / removed rows."""
-    kept_out, removed_out = Appender(sessions_path), Appender(removed_path)
-    for folder in sorted(work.glob("bucket-*")):
-        rows = pq.read_table(sorted(str(f) for f in folder.glob("*.parquet"))).to_pandas()
-        rows = rows.iloc[np.argsort(rows[C.USER].to_numpy(np.int64), kind="stable")].reset_index(drop=True)
-        fate, rnd = rows.pop(_FATE).to_numpy(), rows.pop(_ROUND).to_numpy()
-        kept_out.append(rows[fate == KEPT])
-        gone = rows[fate != KEPT].assign(**{C.REASON: pd.Series(fate[fate != KEPT]).map(REASONS).to_numpy(),
-                                            ROUND: rnd[fate != KEPT].astype(np.int64)})
-        removed_out.append(gone)
-        shutil.rmtree(folder)
-    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    kept_out.close(empty.assign(**{C.SESSION: pd.Series(dtype=np.int64)}))
-    removed_out.close(empty.assign(**{C.SESSION: pd.Series(dtype=np.int64), C.REASON: pd.Series(dtype=object),
-                                      ROUND: pd.Series(dtype=np.int64)}))
+    """Pass 3b: bucket by bucket, sort rows by user (stable) and append kept / removed rows (both files atomic)."""
+    with io.atomic_path(sessions_path) as kept_tmp, io.atomic_path(removed_path) as removed_tmp:
+        kept_out, removed_out = Appender(kept_tmp), Appender(removed_tmp)
+        for folder in sorted(work.glob("bucket-*")):
+            rows = pq.read_table(sorted(str(f) for f in folder.glob("*.parquet"))).to_pandas()
+            rows = rows.iloc[np.argsort(rows[C.USER].to_numpy(np.int64), kind="stable")].reset_index(drop=True)
+            fate, rnd = rows.pop(_FATE).to_numpy(), rows.pop(_ROUND).to_numpy()
+            kept_out.append(rows[fate == KEPT])
+            gone = rows[fate != KEPT].assign(**{C.REASON: pd.Series(fate[fate != KEPT]).map(REASONS).to_numpy(),
+                                                ROUND: rnd[fate != KEPT].astype(np.int64)})
+            removed_out.append(gone)
+            shutil.rmtree(folder)
+        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+        kept_out.close(empty.assign(**{C.SESSION: pd.Series(dtype=np.int64)}))
+        removed_out.close(empty.assign(**{C.SESSION: pd.Series(dtype=np.int64), C.REASON: pd.Series(dtype=object),
+                                          ROUND: pd.Series(dtype=np.int64)}))
 
 
 def sessionize_files(paths: list[str | Path], cfg: SessionConfig, out_dir: str | Path,
@@ -219,7 +217,7 @@ def sessionize_files(paths: list[str | Path], cfg: SessionConfig, out_dir: str |
     del index.items
     users = np.concatenate([t["user"].to_numpy(np.int64) for t in index.tables]) if index.tables else np.empty(0, np.int64)
     report = count_fates(users, ids, fate, rounds, n_sessions)
-    bounds = user_buckets(index.tables, index.local, bucket_events)
+    bounds = user_buckets(users, index.tables, index.local, bucket_events)
     work = out / "_buckets"
     shutil.rmtree(work, ignore_errors=True)
     start = 0

@@ -111,7 +111,8 @@ def ingest_days(root_path: Path, data: DataConfig, out: Path, client=None) -> di
     start = time.perf_counter()
     reads, missing, _ = reader.plan_event_reads(root_path, data)
     days = sorted({part.day for part, _, _ in reads})
-    staged = reset_folder(out / "_off_day")
+    staged = out / "_off_day"  # ``out`` is a fresh folder
+    staged.mkdir(parents=True)
     step = max(1, data.dask_workers)
     reports: list[dict[str, Any]] = []
     rows_by_day: dict[int, int] = {}
@@ -150,13 +151,6 @@ def ingest_days(root_path: Path, data: DataConfig, out: Path, client=None) -> di
     }
 
 
-def reset_folder(path: Path) -> Path:
-    """Return ``path`` as a new empty folder (removed first if it exists)."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
-
-
 def write_event_day(tables: list, path: Path) -> int:
     """Write canonical event tables as one file sorted by (time, user); return its rows."""
     from seqrec.reader import EVENT_ARROW_SCHEMA, sort_event_table
@@ -182,11 +176,8 @@ def merge_off_day_rows(staged: Path, out: Path, prints: dict[int, str], rows_by_
         rows_by_day[day] = write_event_day(current + [rows], path)
     shutil.rmtree(staged)
     n = sum(t.num_rows for t in outside)
-    target = out / "events_outside_days.parquet"
     if n:
-        io.write_table(pa.concat_tables(outside), target)
-    elif target.exists():
-        target.unlink()
+        io.write_table(pa.concat_tables(outside), out / "events_outside_days.parquet")
     return n
 
 
