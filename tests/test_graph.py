@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
@@ -16,7 +17,9 @@ from seqrec.config import GraphConfig
 from seqrec.graph import (
     RECEIPT_ITEM,
     TRANSACTION,
+    SessionOrderError,
     build_cooccurrence_graph,
+    check_runs,
     graph_stats,
     load_item_graph,
     plot_degree_distribution,
@@ -147,3 +150,60 @@ def test_missing_columns_are_named(tmp_path: Path) -> None:
         build_cooccurrence_graph(sessions_of("ab").drop(columns=C.SESSION), None, None, GraphConfig(), tmp_path)
     with pytest.raises(KeyError, match="transaction_hash"):
         build_cooccurrence_graph(sessions_of("ab"), pd.DataFrame({RECEIPT_ITEM: ["a"]}), None, GraphConfig(), tmp_path)
+
+
+def random_user_sessions(seed: int = 1) -> pd.DataFrame:
+    """Return sessions laid out as the sessionize stage writes them: grouped by user, then time.
+
+    Session ids are not in file order (they number sessions by start time), and some
+    sessions hold ties in time (kept in input order).
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 15, 200)
+    ids = rng.permutation(200)
+    times = np.concatenate([np.sort(rng.integers(0, 6, n)) for n in lengths])
+    return pd.DataFrame({
+        C.SESSION: np.repeat(ids, lengths), C.TIMESTAMP: times,
+        C.ITEM: [f"i{v:02d}" for v in rng.integers(0, 30, lengths.sum())],
+    })
+
+
+@pytest.mark.parametrize("window, distance", [(3, False), (50, True)])
+def test_streamed_sessions_file_equals_in_memory(window: int, distance: bool, tmp_path: Path) -> None:
+    sessions = random_user_sessions()
+    path = tmp_path / "sessions.parquet"
+    sessions.to_parquet(path, row_group_size=97)  # row groups and batches cut through sessions
+    cfg = GraphConfig(window=window, distance_weighting=distance, buckets=5, chunk_events=41)
+    streamed = build_cooccurrence_graph(path, None, None, cfg, tmp_path / "streamed")
+    in_memory = build_cooccurrence_graph(sessions, None, None, cfg, tmp_path / "memory")
+    assert streamed.report["session_events"] == len(sessions) and streamed.report["coview_chunks"] > 20
+    pd.testing.assert_frame_equal(streamed.edges, in_memory.edges)
+    assert abs(streamed.matrix - in_memory.matrix).max() < 1e-12
+    assert edge_dict(streamed) == pytest.approx(reference_edges(sessions, window, distance))
+    assert streamed.matrix.indices.dtype == np.int32 and streamed.matrix.has_sorted_indices
+    assert pq.ParquetFile(tmp_path / "streamed" / "edges.pq").metadata.num_rows == streamed.report["edges"]
+
+
+def test_sessions_file_not_grouped_by_session_is_read_whole(tmp_path: Path, caplog) -> None:
+    sessions = random_user_sessions()
+    shuffled = sessions.sample(frac=1.0, random_state=3).reset_index(drop=True)  # sessions split in many runs
+    shuffled.to_parquet(tmp_path / "shuffled.parquet", row_group_size=50)
+    cfg = GraphConfig(window=4, buckets=3, chunk_events=60)
+    with caplog.at_level("WARNING", logger="seqrec.graph"):
+        graph = build_cooccurrence_graph(tmp_path / "shuffled.parquet", None, None, cfg, tmp_path / "g")
+    assert "split in two or more runs" in caplog.text and "reading the sessions whole" in caplog.text
+    assert graph.report["session_events"] == len(sessions)  # counted once: the streamed attempt was discarded
+    assert edge_dict(graph) == pytest.approx(reference_edges(shuffled, 4, False))  # time ties: the file's order
+
+
+def test_check_runs_names_what_breaks_streaming() -> None:
+    seen = check_runs(np.array([4, 4, 2, 2]), np.array([1, 2, 0, 5]), np.zeros(0, bool), Path("s.pq"))
+    assert np.flatnonzero(seen).tolist() == [2, 4]
+    with pytest.raises(SessionOrderError, match="s.pq: the rows of session 7 are not in time order"):
+        check_runs(np.array([7, 7]), np.array([5, 4]), seen, Path("s.pq"))
+    with pytest.raises(SessionOrderError, match="split in two or more runs"):
+        check_runs(np.array([1, 4]), np.array([0, 0]), seen, Path("s.pq"))  # 4 was met in an earlier chunk
+    with pytest.raises(SessionOrderError, match="split in two or more runs"):
+        check_runs(np.array([1, 3, 1]), np.array([0, 0, 0]), seen, Path("s.pq"))
+    with pytest.raises(SessionOrderError, match="outside"):
+        check_runs(np.array([-1]), np.array([0]), seen, Path("s.pq"))

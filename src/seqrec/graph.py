@@ -15,11 +15,17 @@ co-view pairs + baskets; edges with ``count < min_count`` are pruned and kept un
 Out of core: pairs are counted per chunk of about ``chunk_events`` session events (or
 basket lines), pre-aggregated, and hash-partitioned on the edge into ``buckets`` parquet
 files under ``workdir/_pairs``; buckets are then aggregated one at a time, so peak memory
-is one chunk's pairs or one bucket's distinct edges, never all pairs at once.
+is one chunk's pairs or one bucket's distinct edges, never all pairs at once. Given a
+sessions parquet file whose sessions are contiguous runs in time order (the sessionize
+stage's output), the session rows are streamed ``chunk_events`` at a time as well; any
+other file is read whole. Kept edges are held as compact numeric columns (32 bytes per
+edge), ``edges.pq`` is written a slice at a time with item ids taken by Arrow, and the
+matrix is built with 32-bit indices; the returned graph reads ``edges.pq`` on demand.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +37,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from seqrec import columns as C  # noqa: E402
@@ -44,16 +52,35 @@ EDGE_COLUMNS = ["item_a", "item_b", "coview", "copurchase", "count", "weight"]
 PAIR_COLUMNS = ["coview", "n_coview", "copurchase"]  # summed per edge key (a << 32 | b)
 PAIR_DTYPES = {"coview": np.float64, "n_coview": np.int64, "copurchase": np.int64}
 _HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing spreads consecutive keys over buckets
+MAX_SESSION_ID = 1 << 30  # streamed session ids index a bitmap of this many bytes at most
+EDGE_SLICE = 2_000_000  # edges decoded and written per row group of edges.pq
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ItemGraph:
-    """An undirected weighted item graph over a vocabulary (index 0 = padding, no edges)."""
+    """An undirected weighted item graph over a vocabulary (index 0 = padding, no edges).
+
+    ``edge_table`` is the edge frame (EDGE_COLUMNS, item_a < item_b by dense index, sorted) or
+    the parquet file holding it; ``edges`` reads the file on each access (large graphs keep
+    only the matrix in memory).
+    """
 
     vocab: ItemVocab
-    edges: pd.DataFrame  # EDGE_COLUMNS, item_a < item_b, sorted
+    edge_table: pd.DataFrame | Path
     matrix: sp.csr_matrix  # (n_items + 1, n_items + 1) symmetric edge weights
     report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def edges(self) -> pd.DataFrame:
+        """Return the edge frame (read from ``edge_table`` when it is a file)."""
+        return self.edge_columns(None)
+
+    def edge_columns(self, columns: list[str] | None) -> pd.DataFrame:
+        """Return some edge columns (all for None), reading only those from a file."""
+        if isinstance(self.edge_table, Path):
+            return read_table(self.edge_table, columns=columns)
+        return self.edge_table if columns is None else self.edge_table[columns]
 
 
 def group_positions(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,15 +177,83 @@ def ordered_session_items(sessions: pd.DataFrame, vocab: ItemVocab) -> tuple[np.
     return keys[order], vocab.encode(sessions[C.ITEM])[order]
 
 
-def spill_coview(sessions: pd.DataFrame, vocab: ItemVocab, cfg: GraphConfig, spill_dir: Path) -> dict[str, int]:
-    """Count co-view pairs chunk by chunk into bucket files; return counts."""
+def iter_memory_chunks(sessions: pd.DataFrame, vocab: ItemVocab, chunk_events: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (session ids, dense items) chunks of an in-memory frame, sorted by session then time."""
     keys, items = ordered_session_items(sessions, vocab)
-    chunks = self_pairs = 0
-    for sl in iter_chunks(keys, cfg.chunk_events):
-        pairs, n_self = count_coview_pairs(keys[sl], items[sl], cfg)
-        spill_pairs(pairs, spill_dir, f"coview-{chunks:06d}", cfg.buckets)
-        chunks, self_pairs = chunks + 1, self_pairs + n_self
-    return {"coview_chunks": chunks, "coview_self_pairs_skipped": self_pairs}
+    for sl in iter_chunks(keys, chunk_events):
+        yield keys[sl], items[sl]
+
+
+class SessionOrderError(ValueError):
+    """A sessions file whose sessions are not contiguous runs in time order (it cannot be streamed)."""
+
+
+def session_files(path: Path) -> list[Path]:
+    """Return the parquet files of a sessions file or directory, in name order."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in (".parquet", ".pq") and p.is_file())
+    return [path]
+
+
+def check_runs(keys: np.ndarray, times: np.ndarray, seen: np.ndarray, source: Path) -> np.ndarray:
+    """Return ``seen`` (a bitmap of the session ids met so far) with this chunk's sessions added.
+
+    Raises SessionOrderError when a session's rows are not one run in time order, or the ids
+    are not small non-negative integers (the bitmap stays under MAX_SESSION_ID bytes).
+    """
+    new = np.ones(len(keys), dtype=bool)
+    new[1:] = keys[1:] != keys[:-1]
+    back = ~new[1:] & (times[1:] < times[:-1])
+    if back.any():
+        raise SessionOrderError(f"{source}: the rows of session {int(keys[1:][back][0])} are not in time order")
+    runs = keys[new]
+    if runs.min() < 0 or runs.max() >= MAX_SESSION_ID:
+        raise SessionOrderError(f"{source}: session ids outside [0, {MAX_SESSION_ID}) (e.g. {int(runs.max())})")
+    if runs.max() >= len(seen):
+        seen = np.concatenate([seen, np.zeros(max(int(runs.max()) + 1 - len(seen), len(seen)), dtype=bool)])
+    if seen[runs].any() or len(np.unique(runs)) < len(runs):
+        raise SessionOrderError(f"{source}: a session's rows are split in two or more runs (rows are not grouped by session)")
+    seen[runs] = True
+    return seen
+
+
+def iter_file_chunks(path: Path, vocab: ItemVocab, chunk_events: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (session ids, dense items) chunks of about ``chunk_events`` rows streamed from parquet.
+
+    A chunk never splits a session: the last run of a batch is carried into the next one.
+    Raises SessionOrderError (before or while yielding) when the file cannot be streamed.
+    """
+    seen = np.zeros(0, dtype=bool)
+    carry = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+    for source in session_files(path):
+        reader = pq.ParquetFile(source, read_dictionary=[C.ITEM])
+        for batch in reader.iter_batches(batch_size=chunk_events, columns=[C.SESSION, C.TIMESTAMP, C.ITEM]):
+            for name in (C.SESSION, C.ITEM):
+                if batch.column(name).null_count:
+                    raise ValueError(f"{source}: column '{name}' has {batch.column(name).null_count} null value(s)")
+            times = batch.column(C.TIMESTAMP).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            items = vocab.encode(batch.column(C.ITEM).to_pandas())
+            keys = batch.column(C.SESSION).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            keys, times, items = (np.concatenate([c, x]) for c, x in zip(carry, (keys, times, items)))
+            last = np.flatnonzero(keys != keys[-1])
+            cut = int(last[-1]) + 1 if len(last) else 0
+            carry = (keys[cut:], times[cut:], items[cut:])
+            if cut:
+                seen = check_runs(keys[:cut], times[:cut], seen, source)
+                yield keys[:cut], items[:cut]
+    if len(carry[0]):
+        check_runs(carry[0], carry[1], seen, path)
+        yield carry[0], carry[2]
+
+
+def spill_coview(chunks: Iterator[tuple[np.ndarray, np.ndarray]], cfg: GraphConfig, spill_dir: Path) -> dict[str, int]:
+    """Count co-view pairs chunk by chunk into bucket files; return counts."""
+    n_chunks = self_pairs = events = 0
+    for keys, items in chunks:
+        pairs, n_self = count_coview_pairs(keys, items, cfg)
+        spill_pairs(pairs, spill_dir, f"coview-{n_chunks:06d}", cfg.buckets)
+        n_chunks, self_pairs, events = n_chunks + 1, self_pairs + n_self, events + len(keys)
+    return {"session_events": events, "coview_chunks": n_chunks, "coview_self_pairs_skipped": self_pairs}
 
 
 def link_receipts(receipts: pd.DataFrame, catalogue: pd.Index, cfg: GraphConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -210,25 +305,55 @@ def decode_edges(sums: pd.DataFrame, vocab: ItemVocab, cfg: GraphConfig) -> pd.D
 def aggregate_buckets(spill_dir: Path, vocab: ItemVocab, cfg: GraphConfig, workdir: Path) -> tuple[pd.DataFrame, int]:
     """Return (kept per-edge sums sorted by key, pruned count), one bucket in memory at a time.
 
-    Pruned edges are written to ``workdir/pruned_edges/<bucket>.pq`` with their reason.
+    Pruned edges are written to ``workdir/pruned_edges/<bucket>.pq`` with their reason. The
+    kept sums are gathered column by column (32 bytes per edge) and sorted through one
+    argsort, so the peak is about twice the kept sums, not a frame concatenation and sort.
     """
-    kept, pruned = [pd.DataFrame({"key": np.empty(0, np.int64)} | {c: np.empty(0, t) for c, t in PAIR_DTYPES.items()})], 0
+    kept: dict[str, list[np.ndarray]] = {"key": [np.empty(0, np.int64)]} | {c: [np.empty(0, t)] for c, t in PAIR_DTYPES.items()}
+    pruned = 0
     for bucket_dir in sorted(spill_dir.glob("bucket-*")):
         sums = read_table(bucket_dir).groupby("key", sort=False)[PAIR_COLUMNS].sum().reset_index()
         low = (sums["n_coview"] + sums["copurchase"]).to_numpy() < cfg.min_count
         if low.any():
             edges = decode_edges(sums[low], vocab, cfg).assign(**{C.REASON: "min_count"})
             write_table(edges, workdir / "pruned_edges" / f"{bucket_dir.name}.pq")
-        kept.append(sums[~low])
+        for col, parts in kept.items():
+            parts.append(sums[col].to_numpy()[~low].astype(PAIR_DTYPES.get(col, np.int64)))
         pruned += int(low.sum())
-    return pd.concat(kept, ignore_index=True).sort_values("key", ignore_index=True), pruned
+        del sums
+    keys = np.concatenate(kept.pop("key"))
+    order = np.argsort(keys, kind="stable")
+    out = {"key": keys[order]}
+    del keys
+    for col in PAIR_COLUMNS:
+        out[col] = np.concatenate(kept.pop(col))[order]
+    return pd.DataFrame(out, copy=False), pruned
+
+
+def write_edges(sums: pd.DataFrame, vocab: ItemVocab, cfg: GraphConfig, dest: Path) -> Path:
+    """Write the edge table (EDGE_COLUMNS) of the sorted sums to parquet, EDGE_SLICE edges per row group."""
+    ids = pa.array(vocab.ids.astype(str), pa.string())
+    keys = sums["key"].to_numpy(np.int64)
+    schema = pa.schema([("item_a", pa.string()), ("item_b", pa.string()), ("coview", pa.float64()),
+                        ("copurchase", pa.int64()), ("count", pa.int64()), ("weight", pa.float64())])
+    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for lo in range(0, max(len(keys), 1), EDGE_SLICE):
+            part, k = sums.iloc[lo:lo + EDGE_SLICE], keys[lo:lo + EDGE_SLICE]
+            writer.write_table(pa.table([
+                ids.take(pa.array(k >> 32)), ids.take(pa.array(k & 0xFFFFFFFF)),
+                pa.array(part["coview"].to_numpy(np.float64)), pa.array(part["copurchase"].to_numpy(np.int64)),
+                pa.array((part["n_coview"] + part["copurchase"]).to_numpy(np.int64)), pa.array(edge_weight(part, cfg)),
+            ], schema=schema))
+    return dest
 
 
 def build_matrix(sums: pd.DataFrame, n_items: int, cfg: GraphConfig) -> sp.csr_matrix:
-    """Return the symmetric (n_items + 1, n_items + 1) CSR matrix of edge weights."""
+    """Return the symmetric (n_items + 1, n_items + 1) CSR matrix of edge weights (32-bit indices when they fit)."""
     keys = sums["key"].to_numpy(np.int64)
-    a, b, w = keys >> 32, keys & 0xFFFFFFFF, edge_weight(sums, cfg)
+    index = np.int32 if n_items < np.iinfo(np.int32).max else np.int64
+    a, b, w = (keys >> 32).astype(index), (keys & 0xFFFFFFFF).astype(index), edge_weight(sums, cfg)
     rows, cols = np.concatenate([a, b]), np.concatenate([b, a])
+    del a, b
     return sp.csr_matrix((np.concatenate([w, w]), (rows, cols)), shape=(n_items + 1, n_items + 1))
 
 
@@ -249,8 +374,9 @@ def count_coverage(matrix: sp.csr_matrix, vocab: ItemVocab, catalogue: pd.Index 
 
 
 def write_item_graph(graph: ItemGraph, workdir: Path) -> None:
-    """Write edges.pq, graph.npz, items.pq and graph_report.json under workdir (atomically)."""
-    write_table(graph.edges, workdir / "edges.pq")
+    """Write edges.pq (unless the graph's edges are that file), graph.npz, items.pq and graph_report.json."""
+    if not (isinstance(graph.edge_table, Path) and graph.edge_table == workdir / "edges.pq"):
+        write_table(graph.edges, workdir / "edges.pq")
     with atomic_path(workdir / "graph.npz") as tmp, open(tmp, "wb") as fh:
         sp.save_npz(fh, graph.matrix, compressed=False)  # zlib costs more than it saves here
     write_table(pd.DataFrame({C.ITEM: graph.vocab.ids.astype(str)}), workdir / "items.pq")
@@ -265,7 +391,7 @@ def load_item_graph(workdir: Path | str) -> ItemGraph:
             raise FileNotFoundError(f"item graph file {workdir / name} does not exist")
     vocab = ItemVocab(read_table(workdir / "items.pq")[C.ITEM].to_numpy(dtype=object))
     matrix = sp.load_npz(workdir / "graph.npz").tocsr()
-    return ItemGraph(vocab, read_table(workdir / "edges.pq"), matrix, read_json(workdir / "graph_report.json"))
+    return ItemGraph(vocab, workdir / "edges.pq", matrix, read_json(workdir / "graph_report.json"))
 
 
 def count_receipts(receipts: pd.DataFrame, linked: pd.DataFrame, unused: pd.DataFrame) -> dict[str, Any]:
@@ -276,32 +402,65 @@ def count_receipts(receipts: pd.DataFrame, linked: pd.DataFrame, unused: pd.Data
             "receipt_lines_unused": {str(k): int(v) for k, v in unused[C.REASON].value_counts().items()}}
 
 
+def session_chunks(sessions: pd.DataFrame | Path, vocab: ItemVocab, cfg: GraphConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Return the (session ids, dense items) chunks of a frame or a streamable sessions file."""
+    if isinstance(sessions, pd.DataFrame):
+        return iter_memory_chunks(sessions, vocab, cfg.chunk_events)
+    return iter_file_chunks(sessions, vocab, cfg.chunk_events)
+
+
+def viewed_items(sessions: pd.DataFrame | Path) -> pd.Series:
+    """Return the distinct session items (read as a categorical column from a file: no per-row strings)."""
+    if isinstance(sessions, pd.DataFrame):
+        return distinct_items(sessions[C.ITEM]).astype(str)
+    return distinct_items(read_table(sessions, columns=[C.ITEM], categorical=[C.ITEM])[C.ITEM]).astype(str)
+
+
 def build_cooccurrence_graph(
-    sessions: pd.DataFrame,
+    sessions: pd.DataFrame | Path | str,
     receipts: pd.DataFrame | None,
     catalogue_items: pd.Series | None,
     cfg: GraphConfig,
     workdir: Path,
 ) -> ItemGraph:
-    """Return the item graph of co-views and co-purchases; write it and the rows it left out to workdir."""
+    """Return the item graph of co-views and co-purchases; write it and the rows it left out to workdir.
+
+    ``sessions`` is a frame (SESSION, ITEM, optional TIMESTAMP) or a parquet file of one. A file
+    whose sessions are contiguous runs in time order is streamed ``cfg.chunk_events`` rows at a
+    time; another file is read whole (the result is the same, the memory is not).
+    """
     workdir = Path(workdir)
+    sessions = sessions if isinstance(sessions, pd.DataFrame) else Path(sessions)
     catalogue = None if catalogue_items is None else pd.Index(pd.unique(catalogue_items.dropna().astype(str)))
-    viewed = distinct_items(sessions[C.ITEM]).astype(str)
+    viewed = viewed_items(sessions)
     link_to = catalogue if catalogue is not None else pd.Index(viewed)
     linked, unused = link_receipts(receipts, link_to, cfg) if receipts is not None else (None, None)
     vocab = ItemVocab.from_items(pd.concat([viewed] + ([linked[C.ITEM]] if linked is not None else [])))
+    del viewed, link_to
     spill_dir = reset_dir(workdir / "_pairs")
     reset_dir(workdir / "pruned_edges")
-    report: dict[str, Any] = {"config": cfg.model_dump(), "session_events": len(sessions), "vocab_items": vocab.size}
-    report.update(spill_coview(sessions, vocab, cfg, spill_dir))
+    report: dict[str, Any] = {"config": cfg.model_dump(), "vocab_items": vocab.size}
+    try:
+        report.update(spill_coview(session_chunks(sessions, vocab, cfg), cfg, spill_dir))
+    except SessionOrderError as err:  # a file that is not grouped by session: the same graph, read whole
+        log.warning("%s; reading the sessions whole instead of streaming them", err)
+        spill_dir = reset_dir(spill_dir)
+        frame = read_table(sessions, columns=[C.SESSION, C.TIMESTAMP, C.ITEM], categorical=[C.ITEM])
+        report.update(spill_coview(session_chunks(frame, vocab, cfg), cfg, spill_dir))
+        del frame
     if linked is not None:
         report.update(spill_copurchase(linked, vocab, cfg, spill_dir), **count_receipts(receipts, linked, unused))
         write_table(unused, workdir / "unused_receipt_lines.pq")
     sums, pruned = aggregate_buckets(spill_dir, vocab, cfg, workdir)
     shutil.rmtree(spill_dir)
-    edges, matrix = decode_edges(sums, vocab, cfg), build_matrix(sums, vocab.size, cfg)
-    report.update(edges=len(edges), edges_pruned_min_count=pruned, **count_coverage(matrix, vocab, catalogue))
-    graph = ItemGraph(vocab, edges, matrix, report)
+    edges_path = write_edges(sums, vocab, cfg, workdir / "edges.pq")
+    report.update(edges=len(sums), coview_edges=int((sums["coview"].to_numpy() > 0).sum()),
+                  copurchase_edges=int((sums["copurchase"].to_numpy() > 0).sum()), edges_pruned_min_count=pruned)
+    sums = sums[["key", "coview", "copurchase"]]  # all the matrix needs
+    matrix = build_matrix(sums, vocab.size, cfg)
+    del sums
+    report.update(count_coverage(matrix, vocab, catalogue))
+    graph = ItemGraph(vocab, edges_path, matrix, report)
     write_item_graph(graph, workdir)
     return graph
 
@@ -312,10 +471,11 @@ def graph_stats(graph: ItemGraph) -> dict[str, Any]:
     nodes = degree[degree > 0]
     q = np.quantile(nodes, [0.5, 0.9, 0.99]) if len(nodes) else [0, 0, 0]
     cat, covered = graph.report.get("catalogue_items"), graph.report.get("catalogue_items_in_graph")
+    kinds = graph.edge_columns(["coview", "copurchase"])
     return {
         "vocab_items": graph.vocab.size, "nodes": int(len(nodes)), "isolated_items": int((degree == 0).sum()),
-        "edges": len(graph.edges), "coview_edges": int((graph.edges["coview"] > 0).sum()),
-        "copurchase_edges": int((graph.edges["copurchase"] > 0).sum()),
+        "edges": len(kinds), "coview_edges": int((kinds["coview"] > 0).sum()),
+        "copurchase_edges": int((kinds["copurchase"] > 0).sum()),
         "degree_mean": float(nodes.mean()) if len(nodes) else 0.0, "degree_p50": float(q[0]),
         "degree_p90": float(q[1]), "degree_p99": float(q[2]), "degree_max": int(nodes.max()) if len(nodes) else 0,
         "catalogue_coverage": (covered / cat) if cat else None,
@@ -330,6 +490,8 @@ def plot_degree_distribution(graph: ItemGraph, path: Path | str) -> Path:
     if len(degree):
         ccdf = 1.0 - np.arange(len(degree)) / len(degree)
         ax.loglog(degree, ccdf, marker=".", linestyle="none", markersize=2)
-    ax.set(xlabel="degree d", ylabel="share of nodes with degree >= d", title=f"{len(degree)} nodes, {len(graph.edges)} edges")
+    n_edges = graph.report.get("edges", None)
+    n_edges = len(graph.edge_columns(["weight"])) if n_edges is None else n_edges
+    ax.set(xlabel="degree d", ylabel="share of nodes with degree >= d", title=f"{len(degree)} nodes, {n_edges} edges")
     fig.tight_layout()
     return write_figure(fig, path)

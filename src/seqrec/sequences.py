@@ -8,6 +8,7 @@ index 0 is reserved for padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -43,9 +44,13 @@ class ItemVocab:
         if isinstance(series.dtype, pd.CategoricalDtype):
             per_category = np.append(self.encode(series.cat.categories.to_numpy()), PAD)  # code -1 (missing) -> PAD
             return per_category[series.cat.codes.to_numpy()]
-        index = pd.Index(self.ids[1:])
-        pos = index.get_indexer(series.astype(str))
+        pos = self.index.get_indexer(series.astype(str))
         return np.where(pos >= 0, pos + 1, PAD).astype(np.int64)
+
+    @cached_property
+    def index(self) -> pd.Index:
+        """The real ids as an index (built once: encoding a stream of batches reuses its hash table)."""
+        return pd.Index(self.ids[1:])
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
         """Return original ids for dense indices (any shape)."""

@@ -350,9 +350,8 @@ def build_item_graph(sessions_path: str, root: str, cfg, out_dir: str, data: Dat
     """Build the co-occurrence graph from sessions and receipts; write edges, matrix, stats, plot."""
     from seqrec.graph import build_cooccurrence_graph, graph_stats, plot_degree_distribution
 
-    sessions = io.read_table(sessions_path, columns=[C.SESSION, C.TIMESTAMP, C.ITEM], categorical=[C.ITEM])  # no per-row strings
     receipts, catalogue = load_receipts(root, data or DataConfig())
-    graph = build_cooccurrence_graph(sessions, receipts, catalogue, cfg, Path(out_dir))
+    graph = build_cooccurrence_graph(Path(sessions_path), receipts, catalogue, cfg, Path(out_dir))  # streamed
     stats = graph_stats(graph)
     plot = plot_degree_distribution(graph, Path(out_dir) / "degree_distribution.png")
     io.write_json(stats, Path(out_dir) / "graph_stats.json")
