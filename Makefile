@@ -31,7 +31,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --write BENCHMARKS.md
 
 # The 100M-event point of the memory target (about an hour on 2 cores, 6.2 GB of data under outputs/bench):
-# its records join those of `make bench` in outputs/bench/results.jsonl and BENCHMARKS.md is re-rendered.
+# its records join those of `make bench` in outputs/bench/results.jsonl (and the committed benchmarks/records.jsonl)
+# and BENCHMARKS.md is re-rendered; `make bench` keeps them.
 bench-100m: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --only generate,pipeline --scales 100000000 --days 28 --domains marketplace --write BENCHMARKS.md
 

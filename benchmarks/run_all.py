@@ -20,9 +20,12 @@ failed with the tail of its stderr. Options a script does not list in its ``--he
 out (and reported as such), so the runner keeps working while the scripts change.
 
 Records go to ``<out>/results.jsonl`` (``results-quick.jsonl`` with ``--quick``). A run with
-``--only`` replaces the records of the stages it runs and keeps the others; a run without it
-starts afresh. ``--write`` rewrites the given Markdown file and ``benchmarks/plots/*.png``,
-keeping everything after the line ``<!-- developer figures below -->``.
+``--only`` replaces the records of the jobs it runs and keeps the others; a run without it
+replaces every record except those at scales it does not run (the 100M point of ``make bench-100m``). ``--write`` rewrites the given Markdown file and ``benchmarks/plots/*.png``,
+keeping everything after the line ``<!-- developer figures below -->``, and (full-scale runs)
+copies the records to ``benchmarks/records.jsonl``, which is committed: a fresh clone without
+``<out>/results.jsonl`` starts from those records, so ``--only`` re-runs keep the other figures.
+Each record names the machine it ran on; the report lists every machine its records come from.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
+RECORDS = HERE / "records.jsonl"  # committed copy of the full-scale records behind BENCHMARKS.md
 MARKER = "<!-- developer figures below -->"
 PER_SCALE = ("generate", "reader", "quality", "features", "pipeline")
 FIXED = ("gru4rec", "sasrec", "evaluation", "recommend")
@@ -265,6 +270,7 @@ def run_job(job: Job, out: Path, timeout: float) -> dict:
         "peak_tree_rss_polled_mib": round(polled, 1), "max_rss_time_v_mib": None if maxrss is None else round(maxrss, 1),
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "figures": figures,
         "stderr_tail": "" if status == "ok" else tail(stderr), "finished": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine_tag(),
     }
     if status != "ok":
         print(f"  {status}\n{indent(tail(stderr, 15))}", file=sys.stderr, flush=True)
@@ -353,9 +359,13 @@ def run_suite(args: argparse.Namespace, out: Path) -> list[dict]:
     return records
 
 
-def load_records(path: Path) -> list[dict]:
+def load_records(path: Path, fallback: Path | None = None) -> list[dict]:
+    """Return the records stored in ``path`` (or in ``fallback`` when ``path`` does not exist)."""
     if not path.is_file():
-        return []
+        if fallback is None or not fallback.is_file():
+            return []
+        print(f"no {path}: starting from the committed records in {fallback}", file=sys.stderr)
+        path = fallback
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -363,6 +373,13 @@ def merge_records(old: list[dict], new: list[dict]) -> list[dict]:
     """Return ``old`` with every record of a key in ``new`` replaced by the new one (new order kept)."""
     keys = {r["key"] for r in new}
     return [r for r in old if r["key"] not in keys] + new
+
+
+def combine_records(old: list[dict], new: list[dict], only: bool, scales: list[int]) -> list[dict]:
+    """Return the records after a run: ``--only`` merges by key; a full run keeps old records only at other scales."""
+    if not only:  # fixed-size jobs and the run's scales are all re-measured; the 100M point stays
+        old = [r for r in old if r["scale"] is not None and r["scale"] not in scales]
+    return merge_records(old, new)
 
 
 # --------------------------------------------------------------------------- report: figures
@@ -606,6 +623,26 @@ def targets_section(records: list[dict], quick: bool = False) -> list[str]:
 
 
 # --------------------------------------------------------------------------- report: machine, plots, file
+@lru_cache(maxsize=1)
+def machine_tag() -> str:
+    """Return a one-line name of this machine (CPU, SIMD, cores, memory, GPU) stored in every record."""
+    m = machine()
+    return (f"{m.get('cpu')}, {m.get('simd', '?')}; {m.get('cores_usable', m.get('cores'))} cores; "
+            f"{m.get('memory_gib')} GiB; GPU {m.get('gpu', '?').split(' (')[0]}")
+
+
+def machines_lines(records: list[dict]) -> list[str]:
+    """Return one line per machine the records ran on (with their stages), when that is not only this one."""
+    groups: dict[str, list[str]] = {}
+    for r in records:
+        where = r["stage"] if r["scale"] is None else f"{r['stage']} {human(r['scale'])}"
+        groups.setdefault(r.get("machine") or "not recorded (records written before machines were tagged)", []).append(where)
+    if list(groups) == [machine_tag()]:
+        return []
+    return ["- the records below ran on more than one machine, or on another one; compare figures within one machine only:"] + [
+        f"  - {tag}: {', '.join(where)}" for tag, where in groups.items()]
+
+
 def machine() -> dict[str, Any]:
     """Return cores, memory, CPU model, GPU and versions of this machine."""
     info: dict[str, Any] = {"cores": os.cpu_count()}
@@ -623,7 +660,8 @@ def machine() -> dict[str, Any]:
         model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
         info["cpu"] = model.group(1).strip() if model else platform.processor()
         family = re.search(r"cpu family\s*:\s*(\d+)", cpuinfo)
-        info["cpu"] += f" (family {family.group(1)})" if family else ""
+        cpu_model = re.search(r"^model\s*:\s*(\d+)", cpuinfo, re.M)
+        info["cpu"] += f" (family {family.group(1)}{f', model {cpu_model.group(1)}' if cpu_model else ''})" if family else ""
         flags_line = re.search(r"flags\s*:\s*(.+)", cpuinfo)
         flags = set(flags_line.group(1).split()) if flags_line else set()
         info["simd"] = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2", "fma") if f in flags) or "none listed"
@@ -737,6 +775,7 @@ def render(records: list[dict], args: argparse.Namespace, md_path: Path, plots: 
         f"- Python {m.get('python')}, torch {m.get('torch', '?')}, {m.get('platform')}; commit {m.get('commit') or '?'}"
         " (working tree may hold uncommitted changes)",
         f"- scales: {scale_line(records, scales, args)}; workers/threads: {args.workers}",
+        *machines_lines(records),
         "- the 1-minute load average before → after each script is listed with its command: on a shared machine, "
         "a load above the core count means the figures are pessimistic.",
         "",
@@ -816,12 +855,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = out / ("results-quick.jsonl" if args.quick else "results.jsonl")
+    fallback = None if args.quick else RECORDS
     if args.report_only:
-        records = load_records(results)
+        records = load_records(results, fallback)
     else:
         start = time.perf_counter()
         new = run_suite(args, out)
-        records = merge_records(load_records(results), new) if args.only else new
+        records = combine_records(load_records(results, fallback), new, bool(args.only), args.scale_list)
         results.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
         failed = [r for r in new if r["status"] != "ok"]
         print(f"{len(new)} scripts in {time.perf_counter() - start:.0f} s, {len(failed)} failed; records in {results}",
@@ -829,6 +869,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         plots = make_plots(records, args.plots.resolve())
         write_markdown(args.write, render(records, args, args.write, plots))
+        if not args.quick:
+            RECORDS.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
         print(f"wrote {args.write} and {len(plots)} plots in {args.plots}", file=sys.stderr)
     return 1 if any(r["status"] != "ok" for r in records) else 0
 
