@@ -421,8 +421,9 @@ def figure_rows(record: dict) -> list[tuple[str, str]]:
         elif stage == "features":
             name = f.get("stage")
             if name == "embedding_epoch":
-                rows.append((f"embedding: {human(f.get('rows_per_s'))} pairs/s, full epoch ≈ {f.get('full_epoch_s_estimate')} s "
-                             f"({f.get('full_epoch_steps')} steps, {f.get('threads')} threads)", ""))
+                sampling = f" = pair sampling {f['pair_sampling_s']} s + {f['step_ms']} ms × steps" if "step_ms" in f else ""
+                rows.append((f"embedding: {human(f.get('rows_per_s'))} pairs/s, full epoch ≈ {f.get('full_epoch_s_estimate')} s"
+                             f"{sampling} ({f.get('full_epoch_steps')} steps, {f.get('threads')} threads)", ""))
             elif name:
                 extra = f", {human(f.get('edges'))} edges" if name == "graph" else ""
                 rows.append((f"{name}: {f.get('seconds')} s, {human(f.get('rows_per_s'))} rows/s{extra}", ""))
