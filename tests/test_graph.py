@@ -207,3 +207,57 @@ def test_check_runs_names_what_breaks_streaming() -> None:
         check_runs(np.array([1, 3, 1]), np.array([0, 0, 0]), seen, Path("s.pq"))
     with pytest.raises(SessionOrderError, match="outside"):
         check_runs(np.array([-1]), np.array([0]), seen, Path("s.pq"))
+
+
+def streamed_equals_in_memory(path: Path, sessions: pd.DataFrame, cfg: GraphConfig, work: Path) -> None:
+    """Assert that the graph of a sessions file equals the in-memory graph of the frame."""
+    streamed = build_cooccurrence_graph(path, None, None, cfg, work / "streamed")
+    in_memory = build_cooccurrence_graph(sessions, None, None, cfg, work / "memory")
+    assert streamed.report["session_events"] == len(sessions)
+    pd.testing.assert_frame_equal(streamed.edges, in_memory.edges)
+    assert abs(streamed.matrix - in_memory.matrix).max() < 1e-12
+
+
+def test_stream_carries_a_long_session_across_batches_and_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    head, tail = random_user_sessions(2), random_user_sessions(3)
+    long = pd.DataFrame({C.SESSION: 999, C.TIMESTAMP: np.arange(300),  # longer than a batch and a row group
+                         C.ITEM: [f"i{v:02d}" for v in rng.integers(0, 30, 300)]})
+    sessions = pd.concat([head, long, tail.assign(**{C.SESSION: tail[C.SESSION] + 1000})], ignore_index=True)
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    cut = len(head) + 150  # the long session goes on in the second file
+    sessions.iloc[:cut].to_parquet(folder / "part-0.parquet", row_group_size=64)
+    sessions.iloc[:0].to_parquet(folder / "part-1.parquet")  # an empty file between them
+    sessions.iloc[cut:].to_parquet(folder / "part-2.parquet", row_group_size=64)
+    pd.DataFrame({"x": [1]}).to_parquet(folder / "_metadata_like.parquet")  # skipped, as pyarrow skips it
+    cfg = GraphConfig(window=6, distance_weighting=True, buckets=4, chunk_events=50)
+    streamed_equals_in_memory(folder, sessions, cfg, tmp_path)
+    assert edge_dict(build_cooccurrence_graph(folder, None, None, cfg, tmp_path / "again")) == pytest.approx(
+        reference_edges(sessions, 6, True))
+
+
+def test_fault_in_the_last_rows_falls_back_after_spilling(tmp_path: Path, caplog) -> None:
+    sessions = random_user_sessions(4)
+    early = sessions[C.SESSION].iloc[0]
+    late = pd.DataFrame({C.SESSION: [early], C.TIMESTAMP: [99], C.ITEM: ["i07"]})  # a row of the first session, at the end
+    faulty = pd.concat([sessions, late], ignore_index=True)
+    faulty.to_parquet(tmp_path / "faulty.parquet", row_group_size=80)
+    cfg = GraphConfig(window=3, buckets=3, chunk_events=40)
+    with caplog.at_level("WARNING", logger="seqrec.graph"):
+        streamed_equals_in_memory(tmp_path / "faulty.parquet", faulty, cfg, tmp_path)  # pairs spilled before are discarded
+    assert "split in two or more runs" in caplog.text
+
+
+def test_stream_reads_zoned_timestamps_and_rejects_nulls(tmp_path: Path) -> None:
+    sessions = random_user_sessions(6)
+    zoned = sessions.assign(**{C.TIMESTAMP: pd.to_datetime(sessions[C.TIMESTAMP], unit="s", utc=True)})
+    zoned.to_parquet(tmp_path / "zoned.parquet", row_group_size=70)
+    streamed_equals_in_memory(tmp_path / "zoned.parquet", zoned, GraphConfig(window=2, chunk_events=33), tmp_path)
+    with_null = zoned.astype({C.TIMESTAMP: "datetime64[us, UTC]"})
+    with_null.loc[5, C.TIMESTAMP] = pd.NaT
+    with_null.to_parquet(tmp_path / "null.parquet")
+    with pytest.raises(ValueError, match=f"null.parquet: column '{C.TIMESTAMP}' has 1 null"):
+        build_cooccurrence_graph(tmp_path / "null.parquet", None, None, GraphConfig(), tmp_path / "n1")
+    with pytest.raises(ValueError, match=f"column '{C.TIMESTAMP}' has 1 null"):
+        build_cooccurrence_graph(with_null, None, None, GraphConfig(), tmp_path / "n2")

@@ -38,13 +38,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.dataset as ds  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from seqrec import columns as C  # noqa: E402
 from seqrec.config import GraphConfig  # noqa: E402
 from seqrec.io import atomic_path, read_json, read_table, write_figure, write_json, write_table  # noqa: E402
-from seqrec.sequences import ItemVocab, distinct_items  # noqa: E402
+from seqrec.sequences import PAD, ItemVocab, distinct_items  # noqa: E402
 
 TRANSACTION = "transaction_hash"
 RECEIPT_ITEM = "approximate_item_id"
@@ -63,7 +64,8 @@ class ItemGraph:
 
     ``edge_table`` is the edge frame (EDGE_COLUMNS, item_a < item_b by dense index, sorted) or
     the parquet file holding it; ``edges`` reads the file on each access (large graphs keep
-    only the matrix in memory).
+    only the matrix in memory), so it shows that file as it is now: a graph rebuilt into the
+    same folder, or a deleted folder, changes or breaks an older graph object's edges.
     """
 
     vocab: ItemVocab
@@ -166,8 +168,10 @@ def spill_pairs(pairs: pd.DataFrame, spill_dir: Path, name: str, buckets: int) -
 
 def ordered_session_items(sessions: pd.DataFrame, vocab: ItemVocab) -> tuple[np.ndarray, np.ndarray]:
     """Return (session ids, dense items) sorted by session then time (input order on ties)."""
-    for col in (C.SESSION, C.ITEM):
+    for col in (C.SESSION, C.ITEM, C.TIMESTAMP):
         if col not in sessions.columns:
+            if col == C.TIMESTAMP:  # optional: rows are then in time order already
+                continue
             raise KeyError(f"sessions: no column '{col}'; columns are {list(sessions.columns)}")
         if sessions[col].isna().any():
             raise ValueError(f"sessions: column '{col}' has {int(sessions[col].isna().sum())} null value(s)")
@@ -188,18 +192,19 @@ class SessionOrderError(ValueError):
     """A sessions file whose sessions are not contiguous runs in time order (it cannot be streamed)."""
 
 
-def session_files(path: Path) -> list[Path]:
-    """Return the parquet files of a sessions file or directory, in name order."""
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix in (".parquet", ".pq") and p.is_file())
-    return [path]
+def session_files(path: Path) -> list[str]:
+    """Return the parquet files of a sessions file or folder as pyarrow reads them (hidden and ``_`` files skipped)."""
+    files = list(ds.dataset(path, format="parquet").files)
+    if not files:
+        raise FileNotFoundError(f"sessions {path}: no parquet file")
+    return files
 
 
-def check_runs(keys: np.ndarray, times: np.ndarray, seen: np.ndarray, source: Path) -> np.ndarray:
-    """Return ``seen`` (a bitmap of the session ids met so far) with this chunk's sessions added.
+def check_runs(keys: np.ndarray, times: np.ndarray, seen: np.ndarray, source: str) -> np.ndarray:
+    """Return ``seen`` (one flag per session id met so far) with this chunk's sessions added.
 
     Raises SessionOrderError when a session's rows are not one run in time order, or the ids
-    are not small non-negative integers (the bitmap stays under MAX_SESSION_ID bytes).
+    are not non-negative integers below MAX_SESSION_ID (the flags stay under that many bytes).
     """
     new = np.ones(len(keys), dtype=bool)
     new[1:] = keys[1:] != keys[:-1]
@@ -207,43 +212,64 @@ def check_runs(keys: np.ndarray, times: np.ndarray, seen: np.ndarray, source: Pa
     if back.any():
         raise SessionOrderError(f"{source}: the rows of session {int(keys[1:][back][0])} are not in time order")
     runs = keys[new]
-    if runs.min() < 0 or runs.max() >= MAX_SESSION_ID:
-        raise SessionOrderError(f"{source}: session ids outside [0, {MAX_SESSION_ID}) (e.g. {int(runs.max())})")
+    bad = runs[(runs < 0) | (runs >= MAX_SESSION_ID)]
+    if len(bad):
+        raise SessionOrderError(f"{source}: session id {int(bad[0])} outside [0, {MAX_SESSION_ID})")
     if runs.max() >= len(seen):
-        seen = np.concatenate([seen, np.zeros(max(int(runs.max()) + 1 - len(seen), len(seen)), dtype=bool)])
+        grown = min(max(int(runs.max()) + 1, 2 * len(seen)), MAX_SESSION_ID)
+        seen = np.concatenate([seen, np.zeros(grown - len(seen), dtype=bool)])
     if seen[runs].any() or len(np.unique(runs)) < len(runs):
         raise SessionOrderError(f"{source}: a session's rows are split in two or more runs (rows are not grouped by session)")
     seen[runs] = True
     return seen
 
 
+def batch_arrays(batch: pa.RecordBatch, vocab: ItemVocab, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (session ids, times, dense items) of one record batch; nulls and unknown items are errors."""
+    for name in batch.schema.names:
+        if batch.column(name).null_count:
+            raise ValueError(f"{source}: column '{name}' has {batch.column(name).null_count} null value(s)")
+    keys = batch.column(C.SESSION).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    times = (batch.column(C.TIMESTAMP).cast(pa.int64()).to_numpy(zero_copy_only=False) if C.TIMESTAMP in batch.schema.names
+             else np.zeros(len(keys), np.int64))
+    items = vocab.encode(batch.column(C.ITEM).to_pandas())
+    if (items == PAD).any():
+        raise ValueError(f"{source}: item {batch.column(C.ITEM)[int(np.argmax(items == PAD))]} is not in the vocabulary "
+                         "built from the same file (was it changed while the graph was built?)")
+    return keys, times, items
+
+
 def iter_file_chunks(path: Path, vocab: ItemVocab, chunk_events: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (session ids, dense items) chunks of about ``chunk_events`` rows streamed from parquet.
 
-    A chunk never splits a session: the last run of a batch is carried into the next one.
-    Raises SessionOrderError (before or while yielding) when the file cannot be streamed.
+    A chunk never splits a session: the rows of the last session of a batch wait for the next
+    batch (kept as parts, joined once the session ends). Raises SessionOrderError (before or
+    while yielding) when the file cannot be streamed.
     """
-    seen = np.zeros(0, dtype=bool)
-    carry = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+    seen, parts, source = np.zeros(0, dtype=bool), [], str(path)
     for source in session_files(path):
         reader = pq.ParquetFile(source, read_dictionary=[C.ITEM])
-        for batch in reader.iter_batches(batch_size=chunk_events, columns=[C.SESSION, C.TIMESTAMP, C.ITEM]):
-            for name in (C.SESSION, C.ITEM):
-                if batch.column(name).null_count:
-                    raise ValueError(f"{source}: column '{name}' has {batch.column(name).null_count} null value(s)")
-            times = batch.column(C.TIMESTAMP).cast(pa.int64()).to_numpy(zero_copy_only=False)
-            items = vocab.encode(batch.column(C.ITEM).to_pandas())
-            keys = batch.column(C.SESSION).cast(pa.int64()).to_numpy(zero_copy_only=False)
-            keys, times, items = (np.concatenate([c, x]) for c, x in zip(carry, (keys, times, items)))
-            last = np.flatnonzero(keys != keys[-1])
-            cut = int(last[-1]) + 1 if len(last) else 0
-            carry = (keys[cut:], times[cut:], items[cut:])
-            if cut:
-                seen = check_runs(keys[:cut], times[:cut], seen, source)
-                yield keys[:cut], items[:cut]
-    if len(carry[0]):
-        check_runs(carry[0], carry[1], seen, path)
-        yield carry[0], carry[2]
+        columns = [c for c in (C.SESSION, C.TIMESTAMP, C.ITEM) if c in reader.schema_arrow.names]
+        for batch in reader.iter_batches(batch_size=chunk_events, columns=columns):
+            if batch.num_rows == 0:
+                continue
+            keys, times, items = batch_arrays(batch, vocab, source)
+            other = np.flatnonzero(keys != keys[-1])  # rows before the batch's last session
+            if len(other) == 0 and (not parts or parts[-1][0][-1] == keys[-1]):
+                parts.append((keys, times, items))  # the pending session goes on through this batch
+                continue
+            if len(other) == 0:  # a new session fills the batch: the pending rows are whole sessions
+                done, parts = parts, [(keys, times, items)]
+            else:
+                cut = int(other[-1]) + 1
+                done, parts = parts + [(keys[:cut], times[:cut], items[:cut])], [(keys[cut:], times[cut:], items[cut:])]
+            done_keys, done_times, done_items = (np.concatenate(c) for c in zip(*done))
+            seen = check_runs(done_keys, done_times, seen, source)
+            yield done_keys, done_items
+    if parts:
+        done_keys, done_times, done_items = (np.concatenate(c) for c in zip(*parts))
+        check_runs(done_keys, done_times, seen, source)
+        yield done_keys, done_items
 
 
 def spill_coview(chunks: Iterator[tuple[np.ndarray, np.ndarray]], cfg: GraphConfig, spill_dir: Path) -> dict[str, int]:
@@ -292,14 +318,23 @@ def edge_weight(sums: pd.DataFrame, cfg: GraphConfig) -> np.ndarray:
     return (sums["coview"] + cfg.copurchase_weight * sums["copurchase"]).to_numpy(np.float64)
 
 
-def decode_edges(sums: pd.DataFrame, vocab: ItemVocab, cfg: GraphConfig) -> pd.DataFrame:
-    """Return edges with item ids, raw count and weight from per-key sums."""
+EDGE_SCHEMA = pa.schema([("item_a", pa.string()), ("item_b", pa.string()), ("coview", pa.float64()),
+                         ("copurchase", pa.int64()), ("count", pa.int64()), ("weight", pa.float64())])
+
+
+def edge_table(sums: pd.DataFrame, ids: pa.Array, cfg: GraphConfig) -> pa.Table:
+    """Return EDGE_SCHEMA rows of per-key sums; ``ids`` (pa.string, by dense index) gives the item ids."""
     keys = sums["key"].to_numpy(np.int64)
-    return pd.DataFrame({
-        "item_a": vocab.decode(keys >> 32).astype(str), "item_b": vocab.decode(keys & 0xFFFFFFFF).astype(str),
-        "coview": sums["coview"].to_numpy(np.float64), "copurchase": sums["copurchase"].to_numpy(np.int64),
-        "count": (sums["n_coview"] + sums["copurchase"]).to_numpy(np.int64), "weight": edge_weight(sums, cfg),
-    })
+    return pa.table([
+        ids.take(pa.array(keys >> 32)), ids.take(pa.array(keys & 0xFFFFFFFF)),
+        pa.array(sums["coview"].to_numpy(np.float64)), pa.array(sums["copurchase"].to_numpy(np.int64)),
+        pa.array((sums["n_coview"] + sums["copurchase"]).to_numpy(np.int64)), pa.array(edge_weight(sums, cfg)),
+    ], schema=EDGE_SCHEMA)
+
+
+def vocab_ids(vocab: ItemVocab) -> pa.Array:
+    """Return the vocabulary's ids as an Arrow string array (taken by dense index, no Python strings per edge)."""
+    return pa.array(vocab.ids, pa.string())
 
 
 def aggregate_buckets(spill_dir: Path, vocab: ItemVocab, cfg: GraphConfig, workdir: Path) -> tuple[pd.DataFrame, int]:
@@ -310,13 +345,15 @@ def aggregate_buckets(spill_dir: Path, vocab: ItemVocab, cfg: GraphConfig, workd
     argsort, so the peak is about twice the kept sums, not a frame concatenation and sort.
     """
     kept: dict[str, list[np.ndarray]] = {"key": [np.empty(0, np.int64)]} | {c: [np.empty(0, t)] for c, t in PAIR_DTYPES.items()}
-    pruned = 0
+    pruned, ids = 0, vocab_ids(vocab)
     for bucket_dir in sorted(spill_dir.glob("bucket-*")):
         sums = read_table(bucket_dir).groupby("key", sort=False)[PAIR_COLUMNS].sum().reset_index()
         low = (sums["n_coview"] + sums["copurchase"]).to_numpy() < cfg.min_count
         if low.any():
-            edges = decode_edges(sums[low], vocab, cfg).assign(**{C.REASON: "min_count"})
-            write_table(edges, workdir / "pruned_edges" / f"{bucket_dir.name}.pq")
+            edges = edge_table(sums[low], ids, cfg)
+            edges = edges.append_column(C.REASON, pa.array(np.full(edges.num_rows, "min_count"), pa.string()))
+            with atomic_path(workdir / "pruned_edges" / f"{bucket_dir.name}.pq") as tmp:
+                pq.write_table(edges, tmp)
         for col, parts in kept.items():
             parts.append(sums[col].to_numpy()[~low].astype(PAIR_DTYPES.get(col, np.int64)))
         pruned += int(low.sum())
@@ -331,19 +368,11 @@ def aggregate_buckets(spill_dir: Path, vocab: ItemVocab, cfg: GraphConfig, workd
 
 
 def write_edges(sums: pd.DataFrame, vocab: ItemVocab, cfg: GraphConfig, dest: Path) -> Path:
-    """Write the edge table (EDGE_COLUMNS) of the sorted sums to parquet, EDGE_SLICE edges per row group."""
-    ids = pa.array(vocab.ids.astype(str), pa.string())
-    keys = sums["key"].to_numpy(np.int64)
-    schema = pa.schema([("item_a", pa.string()), ("item_b", pa.string()), ("coview", pa.float64()),
-                        ("copurchase", pa.int64()), ("count", pa.int64()), ("weight", pa.float64())])
-    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for lo in range(0, max(len(keys), 1), EDGE_SLICE):
-            part, k = sums.iloc[lo:lo + EDGE_SLICE], keys[lo:lo + EDGE_SLICE]
-            writer.write_table(pa.table([
-                ids.take(pa.array(k >> 32)), ids.take(pa.array(k & 0xFFFFFFFF)),
-                pa.array(part["coview"].to_numpy(np.float64)), pa.array(part["copurchase"].to_numpy(np.int64)),
-                pa.array((part["n_coview"] + part["copurchase"]).to_numpy(np.int64)), pa.array(edge_weight(part, cfg)),
-            ], schema=schema))
+    """Write the edge table (EDGE_SCHEMA) of the sorted sums to parquet, EDGE_SLICE edges per row group."""
+    ids = vocab_ids(vocab)
+    with atomic_path(dest) as tmp, pq.ParquetWriter(tmp, EDGE_SCHEMA) as writer:
+        for lo in range(0, max(len(sums), 1), EDGE_SLICE):
+            writer.write_table(edge_table(sums.iloc[lo:lo + EDGE_SLICE], ids, cfg))
     return dest
 
 
@@ -413,7 +442,7 @@ def viewed_items(sessions: pd.DataFrame | Path) -> pd.Series:
     """Return the distinct session items (read as a categorical column from a file: no per-row strings)."""
     if isinstance(sessions, pd.DataFrame):
         return distinct_items(sessions[C.ITEM]).astype(str)
-    return distinct_items(read_table(sessions, columns=[C.ITEM], categorical=[C.ITEM])[C.ITEM]).astype(str)
+    return distinct_items(read_table(session_files(sessions), columns=[C.ITEM], categorical=[C.ITEM])[C.ITEM]).astype(str)
 
 
 def build_cooccurrence_graph(
@@ -445,7 +474,9 @@ def build_cooccurrence_graph(
     except SessionOrderError as err:  # a file that is not grouped by session: the same graph, read whole
         log.warning("%s; reading the sessions whole instead of streaming them", err)
         spill_dir = reset_dir(spill_dir)
-        frame = read_table(sessions, columns=[C.SESSION, C.TIMESTAMP, C.ITEM], categorical=[C.ITEM])
+        files = session_files(sessions)
+        names = pq.read_schema(files[0]).names if files else []
+        frame = read_table(files, columns=[c for c in (C.SESSION, C.TIMESTAMP, C.ITEM) if c in names], categorical=[C.ITEM])
         report.update(spill_coview(session_chunks(frame, vocab, cfg), cfg, spill_dir))
         del frame
     if linked is not None:
@@ -471,11 +502,15 @@ def graph_stats(graph: ItemGraph) -> dict[str, Any]:
     nodes = degree[degree > 0]
     q = np.quantile(nodes, [0.5, 0.9, 0.99]) if len(nodes) else [0, 0, 0]
     cat, covered = graph.report.get("catalogue_items"), graph.report.get("catalogue_items_in_graph")
-    kinds = graph.edge_columns(["coview", "copurchase"])
+    counted = ("edges", "coview_edges", "copurchase_edges")
+    if all(k in graph.report for k in counted):  # counted while the graph was built: no need to read the edges
+        n_edges, n_coview, n_copurchase = (graph.report[k] for k in counted)
+    else:
+        kinds = graph.edge_columns(["coview", "copurchase"])
+        n_edges, n_coview, n_copurchase = len(kinds), int((kinds["coview"] > 0).sum()), int((kinds["copurchase"] > 0).sum())
     return {
         "vocab_items": graph.vocab.size, "nodes": int(len(nodes)), "isolated_items": int((degree == 0).sum()),
-        "edges": len(kinds), "coview_edges": int((kinds["coview"] > 0).sum()),
-        "copurchase_edges": int((kinds["copurchase"] > 0).sum()),
+        "edges": n_edges, "coview_edges": n_coview, "copurchase_edges": n_copurchase,
         "degree_mean": float(nodes.mean()) if len(nodes) else 0.0, "degree_p50": float(q[0]),
         "degree_p90": float(q[1]), "degree_p99": float(q[2]), "degree_max": int(nodes.max()) if len(nodes) else 0,
         "catalogue_coverage": (covered / cat) if cat else None,
