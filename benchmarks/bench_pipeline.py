@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     through_graph = stages.seconds(*(n for n in stages.figures if n != "resolve"))
     peak = max(f["peak_rss_mib"] for n, f in stages.figures.items() if n != "resolve")
     record = {
-        "bench": "pipeline", "events": args.events, "root": str(root), "generated": bool(source.get("generated")),
+        "bench": "pipeline", "events": args.events if not args.root else None, "root": str(root), "generated": bool(source.get("generated")),
         "domains": list(domains), "workers": args.workers, "rows": rows, "rows_kept": kept, "days": len(days),
         "validated": not args.no_validate, "scan_s": round(scan_s, 3), "scan_rows": scan_rows,
         "scan_events_per_s": round(scan_rows / scan_s),
