@@ -553,7 +553,11 @@ def target_memory(records: list[dict]) -> tuple[str, str, str]:
     big = [(n, m) for n, m in points if n >= 100_000_000]
     if big:
         n, m = big[-1]
-        return ("met" if m <= 24 * GIB else "not met"), f"{fmt_mib(m)} at {human(n)} events (all: {measured})", limit
+        stages = ", ".join(f"{k} {v.get('seconds', 0):.0f} s / {fmt_mib(v.get('peak_rss_mib', 0))}" for k, v in top["stages"].items()
+                           if k != "resolve")
+        return (("met" if m <= 24 * GIB else "not met"),
+                f"{fmt_mib(m)} peak, {top.get('through_graph_s', 0):,.0f} s through graph building at {human(n)} events "
+                f"({top.get('days')} days; stages: {stages}); peak at every scale: {measured}", limit)
     estimate = ""
     if len(points) >= 2:
         (n0, m0), (n1, m1) = points[-2], points[-1]
