@@ -240,3 +240,32 @@ def test_real_marketplace_missing_subdomains_are_exactly_the_likes():
         assert likes > 0 and r["subdomain"].unexpected_count == likes
         assert r["subdomain.unexplained"].success and r["subdomain.unexplained"].unexpected_count == 0
         assert {c.check for c in v.failures()} == {"subdomain"}, [c.describe() for c in v.failures()]
+
+
+def test_suite_parameters_parse_correctly_from_many_threads() -> None:
+    """GX's one process-wide parameter parser is not thread-safe; seqrec serialises it (days validate in threads)."""
+    import threading
+
+    from great_expectations.core import suite_parameters as gx_params
+
+    Q.serialise_suite_parameter_parsing()
+    guarded = gx_params.parse_suite_parameter
+    Q.serialise_suite_parameter_parsing()  # idempotent: wrapped once
+    assert gx_params.parse_suite_parameter is guarded and guarded._seqrec_serialised
+    wrong, errors = [], []
+
+    def parse_many(k: int) -> None:
+        try:
+            for i in range(300):
+                got = gx_params.parse_suite_parameter("-a + b * 2", {"a": k, "b": i})
+                if got != 2 * i - k:
+                    wrong.append((k, i, got))
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=parse_many, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (wrong, errors) == ([], [])
