@@ -49,7 +49,8 @@ from seqrec.sequences import PAD, ItemVocab, distinct_items  # noqa: E402
 
 TRANSACTION = "transaction_hash"
 RECEIPT_ITEM = "approximate_item_id"
-EDGE_COLUMNS = ["item_a", "item_b", "coview", "copurchase", "count", "weight"]
+EDGE_SCHEMA = pa.schema([("item_a", pa.string()), ("item_b", pa.string()), ("coview", pa.float64()),
+                         ("copurchase", pa.int64()), ("count", pa.int64()), ("weight", pa.float64())])
 PAIR_COLUMNS = ["coview", "n_coview", "copurchase"]  # summed per edge key (a << 32 | b)
 PAIR_DTYPES = {"coview": np.float64, "n_coview": np.int64, "copurchase": np.int64}
 _HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing spreads consecutive keys over buckets
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 class ItemGraph:
     """An undirected weighted item graph over a vocabulary (index 0 = padding, no edges).
 
-    ``edge_table`` is the edge frame (EDGE_COLUMNS, item_a < item_b by dense index, sorted) or
+    ``edge_table`` is the edge frame (EDGE_SCHEMA's columns, item_a < item_b by dense index, sorted) or
     the parquet file holding it; ``edges`` reads the file on each access (large graphs keep
     only the matrix in memory), so it shows that file as it is now: a graph rebuilt into the
     same folder, or a deleted folder, changes or breaks an older graph object's edges.
@@ -318,10 +319,6 @@ def edge_weight(sums: pd.DataFrame, cfg: GraphConfig) -> np.ndarray:
     return (sums["coview"] + cfg.copurchase_weight * sums["copurchase"]).to_numpy(np.float64)
 
 
-EDGE_SCHEMA = pa.schema([("item_a", pa.string()), ("item_b", pa.string()), ("coview", pa.float64()),
-                         ("copurchase", pa.int64()), ("count", pa.int64()), ("weight", pa.float64())])
-
-
 def edge_table(sums: pd.DataFrame, ids: pa.Array, cfg: GraphConfig) -> pa.Table:
     """Return EDGE_SCHEMA rows of per-key sums; ``ids`` (pa.string, by dense index) gives the item ids."""
     keys = sums["key"].to_numpy(np.int64)
@@ -352,8 +349,7 @@ def aggregate_buckets(spill_dir: Path, vocab: ItemVocab, cfg: GraphConfig, workd
         if low.any():
             edges = edge_table(sums[low], ids, cfg)
             edges = edges.append_column(C.REASON, pa.array(np.full(edges.num_rows, "min_count"), pa.string()))
-            with atomic_path(workdir / "pruned_edges" / f"{bucket_dir.name}.pq") as tmp:
-                pq.write_table(edges, tmp)
+            write_table(edges, workdir / "pruned_edges" / f"{bucket_dir.name}.pq")
         for col, parts in kept.items():
             parts.append(sums[col].to_numpy()[~low].astype(PAIR_DTYPES.get(col, np.int64)))
         pruned += int(low.sum())
@@ -475,7 +471,7 @@ def build_cooccurrence_graph(
         log.warning("%s; reading the sessions whole instead of streaming them", err)
         spill_dir = reset_dir(spill_dir)
         files = session_files(sessions)
-        names = pq.read_schema(files[0]).names if files else []
+        names = pq.read_schema(files[0]).names
         frame = read_table(files, columns=[c for c in (C.SESSION, C.TIMESTAMP, C.ITEM) if c in names], categorical=[C.ITEM])
         report.update(spill_coview(session_chunks(frame, vocab, cfg), cfg, spill_dir))
         del frame
