@@ -75,7 +75,7 @@ DASHBOARD_PORT ?= 8050
 dashboard: $(STAMP)
 	$(BIN)/seqrec dashboard --run-dir $(RUN_DIR) --port $(DASHBOARD_PORT)
 
-# The CDN assets of Great Expectations Data Docs, pinned in vendor/datadocs (seqrec.datadocs serves them locally).
+# The CDN assets of Great Expectations Data Docs, pinned in vendor/datadocs (seqrec.quality.datadocs serves them locally).
 DATADOCS_STAMP := vendor/datadocs/node_modules/.installed
 $(DATADOCS_STAMP): vendor/datadocs/package-lock.json
 	npm ci --prefix vendor/datadocs --no-audit --no-fund

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from seqrec.config import BprMfConfig, EvaluationConfig, ItemKnnConfig, SessionKnnConfig
-from seqrec.evaluation import evaluate_model, ranks_from_scores
+from seqrec.evaluation.metrics import evaluate_model, ranks_from_scores
 from seqrec.models.baselines import ItemKNN, Markov, Popularity, SessionKNN, SessionPopularity
 from seqrec.models.bprmf import BPRMF
 from seqrec.sequences import ItemVocab, SessionDataset
@@ -61,8 +61,8 @@ def time_evaluation(args: argparse.Namespace) -> dict:
 
 def measure_yoochoose(args: argparse.Namespace) -> dict:
     """Return Recall@20 / MRR@20 of every baseline on yoochoose train_full -> test."""
-    from seqrec.importers import import_gru4rec_tsv
-    from seqrec.splits import split_presplit
+    from seqrec.data.importers import import_gru4rec_tsv
+    from seqrec.evaluation.splits import split_presplit
 
     split = split_presplit(
         import_gru4rec_tsv(YOOCHOOSE / "yoochoose-clicks-100k_train_full.txt"),

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_features.py --events 1000000 --out /tmp/bench_features
 
-Generates a synthetic T-ECD root with ``seqrec.generate`` (or, without it, synthesises a
+Generates a synthetic T-ECD root with ``seqrec.synthetic.generate`` (or, without it, synthesises a
 canonical event table), then times each stage and prints one JSON line per stage: seconds,
 events/s, the process's peak RSS so far, and (``--memory``, a second traced run) the peak of
 allocations traced by ``tracemalloc``. The embedding stage times its parts apart: reading the
@@ -28,9 +28,9 @@ import torch
 
 from seqrec import columns as C
 from seqrec.config import DataConfig, EmbeddingConfig, GeneratorConfig, GraphConfig, SessionConfig
-from seqrec.embeddings import ItemEncoder, edge_arrays, epoch_pairs, make_optimizers, train_step
-from seqrec.graph import build_cooccurrence_graph, graph_stats
-from seqrec.sessions import sessionize_partitions
+from seqrec.features.embeddings import ItemEncoder, edge_arrays, epoch_pairs, make_optimizers, train_step
+from seqrec.features.graph import build_cooccurrence_graph, graph_stats
+from seqrec.features.sessions import sessionize_partitions
 
 
 def peak_rss_mb() -> float:
@@ -62,8 +62,8 @@ def synthesise_events(n: int, days: int, seed: int = 0) -> tuple[pd.DataFrame, N
 
 def generated_events(n: int, days: int, root: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.Series]:
     """Return (events, receipts, catalogue) of a generated T-ECD root (marketplace + retail)."""
-    from seqrec.generate import generate_tecd
-    from seqrec.reader import load_day_tables, load_events
+    from seqrec.synthetic.generate import generate_tecd
+    from seqrec.data.reader import load_day_tables, load_events
 
     domains = ("marketplace", "retail")
     generate_tecd(root, GeneratorConfig(events=n, days=days, domains=domains))

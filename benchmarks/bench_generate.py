@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from seqrec.config import GeneratorConfig
-from seqrec.generate import generate_tecd
+from seqrec.synthetic.generate import generate_tecd
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

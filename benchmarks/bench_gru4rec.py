@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig
-from seqrec.evaluation import evaluate_model
-from seqrec.importers import import_gru4rec_tsv
+from seqrec.evaluation.metrics import evaluate_model
+from seqrec.data.importers import import_gru4rec_tsv
 from seqrec.models.gru4rec import GRU4Rec, EpochBatches, SampleStore, build_session_parallel_batches
 from seqrec.sequences import build_sessions
 

@@ -40,9 +40,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.dataset as pads  # noqa: E402
 
 from seqrec.config import load_config  # noqa: E402
-from seqrec.reader import EVENT_SOURCE_COLUMNS, list_partitions  # noqa: E402
-from seqrec.stages import build_item_graph, ingest_events, resolve_data_root, sessionize_events  # noqa: E402
-from seqrec.stages_quality import clean_events_day, validate_events_day  # noqa: E402
+from seqrec.data.reader import EVENT_SOURCE_COLUMNS, list_partitions  # noqa: E402
+from seqrec.pipeline.data import ingest_events, resolve_data_root  # noqa: E402
+from seqrec.pipeline.features import build_item_graph, sessionize_events  # noqa: E402
+from seqrec.pipeline.quality import clean_events_day, validate_events_day  # noqa: E402
 
 MIB = 1024.0
 

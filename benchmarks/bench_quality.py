@@ -22,8 +22,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from seqrec import quality as Q  # noqa: E402
-from seqrec.cleaning import clean_table  # noqa: E402
+from seqrec.quality import validate as Q  # noqa: E402
+from seqrec.quality.cleaning import clean_table  # noqa: E402
 from seqrec.config import CleaningConfig, GeneratorConfig, QualityConfig  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def main() -> None:
     if args.root is not None:
         print(json.dumps(run(args.root, args.domain, args.workers), indent=1))
         return
-    from seqrec.generate import generate_tecd
+    from seqrec.synthetic.generate import generate_tecd
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_tecd(Path(tmp), GeneratorConfig(events=args.events, days=args.days, domains=(args.domain,), workers=1))

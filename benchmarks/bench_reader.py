@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 
 from seqrec.config import DataConfig
-from seqrec.reader import EVENT_SOURCE_COLUMNS, list_partitions, load_events
+from seqrec.data.reader import EVENT_SOURCE_COLUMNS, list_partitions, load_events
 
 
 def resolve_root(root: Path, domain: str, scratch: Path) -> Path:

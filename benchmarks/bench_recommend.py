@@ -27,9 +27,9 @@ from seqrec.config import Gru4RecConfig, SasRecConfig, TrainingConfig
 from seqrec.models.baselines import Markov, Popularity
 from seqrec.models.gru4rec import GRU4Rec
 from seqrec.models.sasrec import SASRec
-import seqrec.recommend
-import seqrec.topk
-from seqrec.recommend import recommend
+import seqrec.serving.recommend
+import seqrec.serving.topk
+from seqrec.serving.recommend import recommend
 from seqrec.sequences import ItemVocab, SessionDataset
 
 
@@ -104,7 +104,7 @@ def main() -> None:
     """Build the models and sessions, time them, print one JSON line per model."""
     args = parse_args()
     torch.set_num_threads(args.threads)
-    logging.getLogger("seqrec.recommend").setLevel(logging.ERROR)  # unknown-id counts are in the JSON
+    logging.getLogger("seqrec.serving.recommend").setLevel(logging.ERROR)  # unknown-id counts are in the JSON
     rng = np.random.default_rng(args.seed)
     vocab = ItemVocab(np.array(["<pad>"] + [f"item-{i}" for i in range(args.items)], dtype=object))
     sessions = make_sessions(vocab, args.sessions, args.max_session, rng)
@@ -124,7 +124,7 @@ def product_figures(model, n_rows: int, rate: int) -> dict:
     The same blocks (``DotProductIndex.chunk`` rows) through the same product as ``recommend``, with no
     forward pass, no top-k and no id mapping: the ceiling of exact scoring on this machine.
     """
-    index = seqrec.recommend.dot_product_index(model)
+    index = seqrec.serving.recommend.dot_product_index(model)
     q = torch.randn(n_rows, index.wt.shape[0])  # (n, D + 1)
     block = torch.empty(index.chunk, index.wt.shape[1])
     index.score_block(q[: index.chunk], block)  # warm-up
@@ -140,16 +140,16 @@ def product_figures(model, n_rows: int, rate: int) -> dict:
 def fp32_figures(model, vocab: ItemVocab, sessions: list[list[str]], args: argparse.Namespace, fp32_rate: int) -> dict:
     """Return the certified bf16 top-k's throughput (opt-in), its ratio to the default float32 path, and whether both agree."""
     plain = list(recommend(model, sessions[:512], k=args.k, vocab=vocab))
-    seqrec.topk.USE_BF16 = True
-    seqrec.recommend._DOT_INDEX.pop(model, None)  # rebuild the index with the bf16 copy
+    seqrec.serving.topk.USE_BF16 = True
+    seqrec.serving.recommend._DOT_INDEX.pop(model, None)  # rebuild the index with the bf16 copy
     try:
         fast = time_model(model, vocab, sessions, args)
         same = list(recommend(model, sessions[:512], k=args.k, vocab=vocab)) == plain
-        index = seqrec.recommend.dot_product_index(model)
+        index = seqrec.serving.recommend.dot_product_index(model)
         certified = round(index.rows_certified / max(index.rows_certified + index.rows_redone, 1), 4)
     finally:
-        seqrec.topk.USE_BF16 = False
-        seqrec.recommend._DOT_INDEX.pop(model, None)
+        seqrec.serving.topk.USE_BF16 = False
+        seqrec.serving.recommend._DOT_INDEX.pop(model, None)
     return {"bf16_sessions_per_s": fast["sessions_per_s"], "bf16_vs_fp32": round(fast["sessions_per_s"] / fp32_rate, 2),
             "same_items_first_512": same, "bf16_rows_certified": certified}
 

@@ -82,9 +82,9 @@ def run_speed(args: argparse.Namespace, training: TrainingConfig) -> dict:
 
 def run_video(args: argparse.Namespace, training: TrainingConfig) -> dict:
     """Return leave-one-out full-ranking and sampled figures on Amazon Video Games."""
-    from seqrec.importers import import_user_item_lines
-    from seqrec.splits import split_leave_one_out
-    from seqrec.evaluation import evaluate_model
+    from seqrec.data.importers import import_user_item_lines
+    from seqrec.evaluation.splits import split_leave_one_out
+    from seqrec.evaluation.metrics import evaluate_model
 
     split = split_leave_one_out(import_user_item_lines(args.data))
     valid_cfg = EvaluationConfig(protocol="loo", cutoffs=(10,))

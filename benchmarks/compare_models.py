@@ -11,16 +11,16 @@
     # pre-split canonical files (parquet with session_id/item_id/timestamp, or GRU4Rec TSVs)
     .venv/bin/python benchmarks/compare_models.py --train train.tsv --test test.tsv --work-dir /tmp/cmp_rsc
 
-Data preparation follows the pipeline: seqrec.reader.load_events -> per-domain cleaning
-(seqrec.cleaning.clean_table, unless --no-clean) -> seqrec.sessions.sessionize_partitions
-(30-minute gap from the config) -> seqrec.splits.split_by_time (or split_presplit with
---test-from-day / --train+--test) -> seqrec.stages.save_split. The split is cached in
+Data preparation follows the pipeline: seqrec.data.reader.load_events -> per-domain cleaning
+(seqrec.quality.cleaning.clean_table, unless --no-clean) -> seqrec.features.sessions.sessionize_partitions
+(30-minute gap from the config) -> seqrec.evaluation.splits.split_by_time (or split_presplit with
+--test-from-day / --train+--test) -> seqrec.pipeline.models.save_split. The split is cached in
 <work-dir>/split and reused when its inputs are the same.
 
 Modes:
-  * default ("test"): every model goes through seqrec.stages.train_model (neural models pick
+  * default ("test"): every model goes through seqrec.pipeline.models.train_model (neural models pick
     their epoch count by early stopping on ``valid``, then retrain on ``train_full``) and
-    seqrec.stages.evaluate_trained_model on ``test``.
+    seqrec.pipeline.models.evaluate_trained_model on ``test``.
   * ``--mode valid`` (tuning): models are fit on ``train`` only (early stopping on ``valid``, the
     best epoch's weights kept) and evaluated on ``valid``; the test part is never read. Use it
     for model selection; then run the chosen config in test mode.
@@ -46,7 +46,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from seqrec import columns as C  # noqa: E402
-from seqrec import io, stages  # noqa: E402
+from seqrec import io  # noqa: E402
+from seqrec.data.ingest import day_of  # noqa: E402
+from seqrec.pipeline import models as stages  # noqa: E402
 from seqrec.config import config_to_dict, load_config  # noqa: E402
 
 BASELINES = ["popularity", "spop", "markov", "itemknn", "sknn", "bprmf"]
@@ -114,7 +116,7 @@ def link_events(src: Path, work: Path, domain: str) -> Path:
 
 def clean_events(events: pd.DataFrame, cfg) -> tuple[pd.DataFrame, dict]:
     """Clean the canonical events per domain as the pipeline's clean stage does; return them and counts."""
-    from seqrec.cleaning import clean_table
+    from seqrec.quality.cleaning import clean_table
 
     frames, counts = [], {}
     for domain, part in events.groupby(C.DOMAIN, sort=True):
@@ -127,9 +129,9 @@ def clean_events(events: pd.DataFrame, cfg) -> tuple[pd.DataFrame, dict]:
 
 def sessionize_days(events: pd.DataFrame, cfg) -> tuple[pd.DataFrame, dict]:
     """Sessionize the events day partition by day partition (stitched across midnight), like the pipeline."""
-    from seqrec.sessions import sessionize_partitions
+    from seqrec.features.sessions import sessionize_partitions
 
-    days = stages.day_of(events[C.TIMESTAMP])
+    days = day_of(events[C.TIMESTAMP])
     parts = [events[days == d].reset_index(drop=True) for d in np.unique(days)]
     result = sessionize_partitions(parts, cfg.features.sessions)
     return result.events, result.report
@@ -137,7 +139,7 @@ def sessionize_days(events: pd.DataFrame, cfg) -> tuple[pd.DataFrame, dict]:
 
 def build_split(args: argparse.Namespace, cfg):
     """Return (Split, preparation report) from the data options."""
-    from seqrec.splits import split_by_time, split_presplit
+    from seqrec.evaluation.splits import split_by_time, split_presplit
 
     ev = cfg.evaluation
     valid_days = args.valid_days if args.valid_days is not None else ev.valid_days
@@ -149,7 +151,7 @@ def build_split(args: argparse.Namespace, cfg):
         train, test = read_events_arg(args.train, "auto"), read_events_arg(args.test, "auto")
         return split_presplit(train, test, valid_days), {"source": "files", "train": str(args.train), "test": str(args.test)}
     root = args.tecd_root or link_events(args.link_events, args.work_dir, args.domain)
-    from seqrec.reader import load_events
+    from seqrec.data.reader import load_events
 
     data_cfg = cfg.data.model_copy(update={"domains": (args.domain,)}) if args.link_events else cfg.data
     loaded = load_events(Path(root), data_cfg)
@@ -198,7 +200,7 @@ def session_stats(split_dir: str) -> dict:
 def train_on_train(name: str, split_dir: str, cfg, out: Path) -> dict:
     """Tuning mode: fit on ``train`` (early stopping on ``valid`` for neural models) and save."""
     from seqrec.models.factory import NEURAL, build_model
-    from seqrec.recommend import save_model
+    from seqrec.serving.recommend import save_model
 
     train = io.load_sessions(Path(split_dir) / "train.npz")
     valid = io.load_sessions(Path(split_dir) / "valid.npz")

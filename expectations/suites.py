@@ -5,7 +5,7 @@ into a ``gx.ExpectationSuite`` by ``build_suite``. Every ``mostly`` and row-coun
 a GX suite parameter (``{"$PARAMETER": ...}``) whose value ``suite_parameters`` reads from
 ``QualityConfig`` at run time, so dev and prod validate with the same suite.
 
-Some checks need a computed column that ``seqrec.quality.add_check_columns`` adds first:
+Some checks need a computed column that ``seqrec.quality.validate.add_check_columns`` adds first:
 ``embedding_len`` (list length), ``repeat_key`` (the row's key already appeared earlier: the
 share that deduplication removes, unlike GX's uniqueness which counts every member of a
 duplicated group), ``item_known`` / ``brand_known`` (referential integrity) and ``linked``

@@ -11,8 +11,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from seqrec.config import SeqrecConfig
-from seqrec.stages import fingerprint_raw_events, fingerprint_sessions
-from seqrec.stages_quality import fingerprint_raw_tables
+from seqrec.pipeline.data import fingerprint_raw_events
+from seqrec.pipeline.features import fingerprint_sessions
+from seqrec.pipeline.quality import fingerprint_raw_tables
 from tasks import data as D
 from tasks import features as F
 from tasks import models as M

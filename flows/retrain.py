@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 
 from flows.pipeline import clean_flow, features_flow, ingest_flow, pipeline_flow, quality_flow, train_flow
 from seqrec.config import SeqrecConfig, build_config, config_to_dict
-from seqrec.registry import default_registry_dir
+from seqrec.serving.registry import default_registry_dir
 from tasks import registry as R
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from seqrec import stages
+from seqrec.pipeline import data as stages
 from seqrec.config import DataConfig, SeqrecConfig
 from tasks.common import CACHE, IO_RETRIES, LONG_TIMEOUT_S
 

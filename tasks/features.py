@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from seqrec import stages
+from seqrec.pipeline import features as stages
 from seqrec.config import DataConfig, EmbeddingConfig, GraphConfig, SessionConfig, TrainingConfig
 from tasks.common import CACHE, LONG_TIMEOUT_S
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from seqrec import stages
+from seqrec.pipeline import models as stages
 from seqrec.config import EvaluationConfig, SeqrecConfig
-from seqrec.reports.comparison import comparison_rows
+from seqrec.evaluation.comparison import comparison_rows
 from tasks.common import CACHE, LONG_TIMEOUT_S
 
 

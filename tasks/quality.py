@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from seqrec import stages_quality as SQ
+from seqrec.pipeline import quality as SQ
 from seqrec.config import CleaningConfig, DataConfig, QualityConfig
 from tasks.common import CACHE, IO_RETRIES
 

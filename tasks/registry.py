@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from seqrec import registry as R
+from seqrec.pipeline import registry as P
+from seqrec.serving import registry as R
 from seqrec.config import EvaluationConfig, SeqrecConfig, config_to_dict
 from tasks.common import IO_RETRIES
 
@@ -21,7 +22,7 @@ def current_version(registry: str) -> dict | None:
 @task(name="evaluate_version", task_run_name="evaluate_version-{part}")
 def evaluate_version(model_path: str, split: dict, cfg: EvaluationConfig, part: str = "valid") -> dict:
     """Return a saved model's metrics on the split's ``part`` (aligned to the split's vocabulary)."""
-    return R.evaluate_version(model_path, split["split_dir"], cfg, part)
+    return P.evaluate_version(model_path, split["split_dir"], cfg, part)
 
 
 @task(name="register_version")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seqrec.config import BprMfConfig, EvaluationConfig, ItemKnnConfig, SessionKnnConfig
-from seqrec.evaluation import evaluate_model
+from seqrec.evaluation.metrics import evaluate_model
 from seqrec.io import load_checkpoint, save_checkpoint
 from seqrec.models.baselines import ItemKNN, Markov, Popularity, SessionKNN, SessionPopularity
 from seqrec.models.bprmf import BPRMF
@@ -153,8 +153,8 @@ def test_scoring_before_fit_is_an_error():
 
 @pytest.mark.skipif(not YOOCHOOSE.exists(), reason=f"real data not found at {YOOCHOOSE}")
 def test_yoochoose_reference_figures_for_popularity_and_markov():
-    from seqrec.importers import import_gru4rec_tsv
-    from seqrec.splits import split_presplit
+    from seqrec.data.importers import import_gru4rec_tsv
+    from seqrec.evaluation.splits import split_presplit
 
     split = split_presplit(
         import_gru4rec_tsv(YOOCHOOSE / "yoochoose-clicks-100k_train_full.txt"),

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from seqrec import columns as C
-from seqrec.cleaning import CleanStep, clean_table, count_reasons, retention_by_table, write_quarantine
+from seqrec.quality.cleaning import CleanStep, clean_table, count_reasons, retention_by_table, write_quarantine
 from seqrec.config import CleaningConfig, GeneratorConfig, QualityConfig
 
 CFG = CleaningConfig()
@@ -125,8 +125,8 @@ STUDY_RETENTION = {"items.retail": 0.894, "receipts": 0.986, "payments": 0.99999
 
 
 def test_retention_on_generated_data_mirrors_the_study(tmp_path):
-    from seqrec.generate import generate_tecd
-    from seqrec.reader import read_table_safe
+    from seqrec.synthetic.generate import generate_tecd
+    from seqrec.data.reader import read_table_safe
 
     generate_tecd(tmp_path, GeneratorConfig(events=50_000, days=4, workers=1, retail_events_ratio=1.0, payments_ratio=0.2))
     frames = {"items.retail": read_table_safe(tmp_path / "retail/items.pq"), "users": read_table_safe(tmp_path / "users.pq"),

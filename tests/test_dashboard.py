@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from seqrec.config import EvaluationConfig
-from seqrec.dashboard.app import create_app, discover_models
-from seqrec.dashboard.replay import Replay, ReplayRunner, order_events, rank_in_list, replay_all
-from seqrec.evaluation import TargetRanker, TargetRecords, batch_sessions, evaluate_model, rank_all_targets
+from seqrec.serving.dashboard.app import create_app, discover_models
+from seqrec.serving.dashboard.replay import Replay, ReplayRunner, order_events, rank_in_list, replay_all
+from seqrec.evaluation.metrics import TargetRanker, TargetRecords, batch_sessions, evaluate_model, rank_all_targets
 from seqrec.io import load_sessions, save_sessions
 from seqrec.models.baselines import Markov, Popularity, SessionPopularity
-from seqrec.recommend import load_model, save_model
+from seqrec.serving.recommend import load_model, save_model
 from seqrec.sequences import ItemVocab, SessionDataset, reencode_sessions
 
 torch.set_num_threads(1)

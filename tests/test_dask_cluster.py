@@ -15,7 +15,7 @@ import pytest
 
 from procs import process_group
 from seqrec.config import DataConfig, GeneratorConfig
-from seqrec.generate import generate_tecd
+from seqrec.synthetic.generate import generate_tecd
 
 BIN = Path(sys.executable).parent
 
@@ -58,7 +58,7 @@ def dask_cluster(tmp_path) -> Iterator[str]:
 
 
 def test_ingest_on_cluster_equals_local(dask_cluster, tmp_path):
-    from seqrec.reader import load_events
+    from seqrec.data.reader import load_events
 
     root = tmp_path / "raw"
     generate_tecd(root, GeneratorConfig(events=2000, days=2, workers=1, domains=("marketplace",)))

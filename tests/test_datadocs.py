@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from seqrec.config import QualityConfig
-from seqrec.datadocs import ASSETS, DataDocsError, check_integrity, copy_asset, localise_cdn_urls
+from seqrec.quality.datadocs import ASSETS, DataDocsError, check_integrity, copy_asset, localise_cdn_urls
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_assets = pytest.mark.skipif(not ASSETS.is_dir(), reason=f"{ASSETS} missing: run `make datadocs-assets` (needs npm)")
@@ -99,7 +99,7 @@ class AssetRefs(HTMLParser):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """Data Docs of two tiny raw tables: users passes every check, brands has a null and a repeated id."""
-    from seqrec.datadocs import build_data_docs
+    from seqrec.quality.datadocs import build_data_docs
 
     frames = {"users": pd.DataFrame({"user_id": [1, 2, 3], "socdem_cluster": [0, 4, 21], "region": [1, 2, 90]}),
               "brands": pd.DataFrame({"brand_id": [7.0, 7.0, None]})}

@@ -24,7 +24,7 @@ import pytest
 
 from procs import process_group
 from seqrec.config import GeneratorConfig
-from seqrec.generate import generate_tecd
+from seqrec.synthetic.generate import generate_tecd
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -12,7 +12,7 @@ import torch
 
 from seqrec import columns as C
 from seqrec.config import EmbeddingConfig, GraphConfig, SessionConfig
-from seqrec.embeddings import (
+from seqrec.features.embeddings import (
     ItemEmbeddings,
     edge_arrays,
     epoch_pairs,
@@ -22,7 +22,7 @@ from seqrec.embeddings import (
     plot_embedding_map,
     train_item_embeddings,
 )
-from seqrec.graph import ItemGraph, build_cooccurrence_graph
+from seqrec.features.graph import ItemGraph, build_cooccurrence_graph
 from seqrec.sequences import ItemVocab
 
 torch.set_num_threads(1)
@@ -162,10 +162,10 @@ def test_cuda_amp_training_runs() -> None:
 
 
 def test_generated_data_end_to_end_recovers_latent_groups(tmp_path: Path) -> None:
-    generate = pytest.importorskip("seqrec.generate")
-    reader = pytest.importorskip("seqrec.reader")
+    generate = pytest.importorskip("seqrec.synthetic.generate")
+    reader = pytest.importorskip("seqrec.data.reader")
     from seqrec.config import DataConfig, GeneratorConfig
-    from seqrec.sessions import sessionize_partitions
+    from seqrec.features.sessions import sessionize_partitions
 
     root = tmp_path / "tecd"
     generate.generate_tecd(root, GeneratorConfig(events=20_000, days=3, domains=("marketplace", "retail"), intents=20, workers=1))

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqrec.config import EvaluationConfig
-from seqrec.evaluation import PADDED_EVENTS_PER_ROW, batch_sessions, evaluate_model, label_popularity, metrics_from_ranks, ranks_from_scores
+from seqrec.evaluation.metrics import PADDED_EVENTS_PER_ROW, batch_sessions, evaluate_model, label_popularity, metrics_from_ranks, ranks_from_scores
 from seqrec.models.base import Recommender
 from seqrec.models.baselines import Popularity
 from seqrec.sequences import ItemVocab, SessionDataset

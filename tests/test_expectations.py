@@ -12,8 +12,8 @@ import pytest
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from expectations import suites as S  # noqa: E402
-from seqrec import quality as Q  # noqa: E402
-from seqrec.cleaning import clean_table  # noqa: E402
+from seqrec.quality import validate as Q  # noqa: E402
+from seqrec.quality.cleaning import clean_table  # noqa: E402
 from seqrec.config import CleaningConfig, DefectRates, GeneratorConfig, QualityConfig  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -136,7 +136,7 @@ def test_partitions_validate_in_parallel_with_their_own_counts():
 # --------------------------------------------------------------------------- generated data
 def read_generated(root: Path) -> dict[str, pd.DataFrame]:
     """Return every table of a generated root, partitions concatenated, embeddings repaired."""
-    from seqrec.reader import read_table_safe
+    from seqrec.data.reader import read_table_safe
 
     files = {"users": "users.pq", "brands": "brands.pq", **{f"items.{d}": f"{d}/items.pq" for d in S.DOMAINS}}
     days = {f"events.{d}": f"{d}/events" for d in S.DOMAINS}
@@ -171,7 +171,7 @@ DEFECTS = {
 
 
 def generate(root: Path, defects: DefectRates) -> dict:
-    from seqrec.generate import generate_tecd
+    from seqrec.synthetic.generate import generate_tecd
 
     cfg = GeneratorConfig(events=50_000, days=4, workers=1, like_share=0.005, defects=defects)
     return generate_tecd(root, cfg)

@@ -15,7 +15,7 @@ import pytest
 
 from seqrec import columns as C
 from seqrec.config import DefectRates, GeneratorConfig
-from seqrec.generate import TECD_SCHEMAS, generate_tecd, tecd_schema
+from seqrec.synthetic.generate import TECD_SCHEMAS, generate_tecd, tecd_schema
 
 REAL_EVENTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tecd_marketplace" / "events"
 DAYS = (1082, 1083, 1084)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from seqrec import columns as C
 from seqrec.config import GraphConfig
-from seqrec.graph import (
+from seqrec.features.graph import (
     RECEIPT_ITEM,
     TRANSACTION,
     SessionOrderError,
@@ -189,7 +189,7 @@ def test_sessions_file_not_grouped_by_session_is_read_whole(tmp_path: Path, capl
     shuffled = sessions.sample(frac=1.0, random_state=3).reset_index(drop=True)  # sessions split in many runs
     shuffled.to_parquet(tmp_path / "shuffled.parquet", row_group_size=50)
     cfg = GraphConfig(window=4, buckets=3, chunk_events=60)
-    with caplog.at_level("WARNING", logger="seqrec.graph"):
+    with caplog.at_level("WARNING", logger="seqrec.features.graph"):
         graph = build_cooccurrence_graph(tmp_path / "shuffled.parquet", None, None, cfg, tmp_path / "g")
     assert "split in two or more runs" in caplog.text and "reading the sessions whole" in caplog.text
     assert graph.report["session_events"] == len(sessions)  # counted once: the streamed attempt was discarded
@@ -244,7 +244,7 @@ def test_fault_in_the_last_rows_falls_back_after_spilling(tmp_path: Path, caplog
     faulty = pd.concat([sessions, late], ignore_index=True)
     faulty.to_parquet(tmp_path / "faulty.parquet", row_group_size=80)
     cfg = GraphConfig(window=3, buckets=3, chunk_events=40)
-    with caplog.at_level("WARNING", logger="seqrec.graph"):
+    with caplog.at_level("WARNING", logger="seqrec.features.graph"):
         streamed_equals_in_memory(tmp_path / "faulty.parquet", faulty, cfg, tmp_path)  # pairs spilled before are discarded
     assert "split in two or more runs" in caplog.text
 

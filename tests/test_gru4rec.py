@@ -260,8 +260,8 @@ def test_cuda_amp_training_and_scoring():
 @pytest.mark.skipif(not DATA.exists(), reason=f"real data not found at {DATA}")
 def test_one_epoch_on_yoochoose_sample_is_far_above_popularity():
     from seqrec.config import EvaluationConfig
-    from seqrec.evaluation import evaluate_model
-    from seqrec.importers import import_gru4rec_tsv
+    from seqrec.evaluation.metrics import evaluate_model
+    from seqrec.data.importers import import_gru4rec_tsv
     from seqrec.sequences import build_sessions
 
     train, _ = build_sessions(import_gru4rec_tsv(DATA / "yoochoose-clicks-100k_train_full.txt"))

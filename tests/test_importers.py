@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from seqrec import columns as C
-from seqrec.importers import IMPORT_COLUMNS, ImportFormatError, import_gru4rec_tsv, import_user_item_lines
+from seqrec.data.importers import IMPORT_COLUMNS, ImportFormatError, import_gru4rec_tsv, import_user_item_lines
 from seqrec.sequences import build_sessions
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from seqrec.config import GeneratorConfig, build_config
-from seqrec.generate import generate_tecd
+from seqrec.synthetic.generate import generate_tecd
 
 FIRST_DAY, DAYS = 1082, 4
 PER_DAY = ("validate_events_day-raw-{d}", "clean_events_day-{d}", "validate_events_day-cleaned-{d}")
@@ -81,7 +81,7 @@ def test_new_partition_reruns_only_its_tasks(prefect_harness, full_root, tmp_pat
 
 def test_worse_retrain_keeps_current_model(prefect_harness, full_root, tmp_path):
     from flows.retrain import retrain_flow
-    from seqrec import registry as R
+    from seqrec.serving import registry as R
 
     base = {"data": {"root": str(full_root)}, "output": {"root": str(tmp_path / "out")},
             "features": {"build_graph": False}, "training": {"progress": False}}

@@ -43,7 +43,7 @@ def test_pipeline_runs_end_to_end_and_writes_reports(tmp_path, prefect_harness):
     assert "FAIL" in quality  # the generated defects are raw findings
     assert (run_dir / "features" / "embeddings" / "item_embeddings.npz").is_file()
     assert list((run_dir / "clean" / "quarantine").glob("*.parquet"))
-    from seqrec.datadocs import ASSETS
+    from seqrec.quality.datadocs import ASSETS
 
     if ASSETS.is_dir():  # GX Data Docs, localised for offline reading (assets from `make datadocs-assets`)
         for stage in ("raw", "cleaned"):

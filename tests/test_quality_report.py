@@ -13,10 +13,10 @@ import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from seqrec import quality as Q  # noqa: E402
-from seqrec.cleaning import clean_table, count_reasons  # noqa: E402
+from seqrec.quality import validate as Q  # noqa: E402
+from seqrec.quality.cleaning import clean_table, count_reasons  # noqa: E402
 from seqrec.config import CleaningConfig, QualityConfig  # noqa: E402
-from seqrec.reports.quality_html import render_quality_markdown, render_quality_report  # noqa: E402
+from seqrec.quality.report import render_quality_markdown, render_quality_report  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -12,7 +12,7 @@ import pytest
 
 from seqrec import columns as C
 from seqrec.config import DataConfig
-from seqrec.reader import (
+from seqrec.data.reader import (
     MISSING_EMBEDDING_LEN,
     Partition,
     PartitionError,
@@ -264,7 +264,7 @@ def test_load_day_tables_mixed_float_types_and_bad_schema(tmp_path: Path) -> Non
 
 def test_ingest_streams_days_and_moves_off_day_rows(tecd_root: Path, tmp_path: Path) -> None:
     """One day at a time: off-day rows land in their day's file; rows of a day with no file are kept apart."""
-    from seqrec.stages import ingest_events
+    from seqrec.pipeline.data import ingest_events
 
     stray = DAY2 + [(-3600.0, 5, "nfmcg_7", "u2i", "view", "ios"), (2 * 86400 + 1.0, 6, "nfmcg_8", "u2i", "view", "ios")]
     write_day(tecd_root, "marketplace/events", 101, event_table(101, stray))  # 1 h before day 101; 1 s into day 103
@@ -280,7 +280,7 @@ def test_ingest_streams_days_and_moves_off_day_rows(tecd_root: Path, tmp_path: P
 
 def test_ingest_keeps_rows_of_days_without_a_file(tecd_root: Path, tmp_path: Path) -> None:
     """A row dated on day 102 (no file, in the range) is written to events_outside_days, counted."""
-    from seqrec.stages import ingest_events
+    from seqrec.pipeline.data import ingest_events
 
     write_day(tecd_root, "marketplace/events", 101, event_table(101, DAY2 + [(86400 + 10.0, 8, "nfmcg_5", "u2i", "view", "ios")]))
     out = ingest_events(str(tecd_root), DataConfig(dask_workers=2), str(tmp_path / "ingest"))

@@ -12,7 +12,7 @@ import torch
 from seqrec.config import SasRecConfig, TrainingConfig
 from seqrec.io import save_checkpoint
 from seqrec.models.sasrec import SASRec
-from seqrec.recommend import (
+from seqrec.serving.recommend import (
     encode_ids,
     encode_sessions,
     load_model,
@@ -97,7 +97,7 @@ def test_batched_result_equals_one_by_one(model):
 
 
 def test_unknown_items_and_empty_sessions_are_counted(model, caplog):
-    with caplog.at_level(logging.WARNING, logger="seqrec.recommend"):
+    with caplog.at_level(logging.WARNING, logger="seqrec.serving.recommend"):
         out = recommend(model, [["sku-7", "ghost"], ["ghost", "ghost2"], []], k=2)
     assert out.unknown_items == 3 and out.empty_sessions == 2
     assert out[1] == [] and out[2] == [] and len(out[0]) == 2
@@ -182,7 +182,7 @@ def random_sessions(n_items: int, n: int, seed: int) -> SessionDataset:
 @pytest.mark.parametrize("exclude_seen", [True, False])
 def test_sparse_top_k_of_the_count_baselines_equals_the_dense_scores(name, exclude_seen):
     from seqrec.models.baselines import ItemKNN, Markov, SessionPopularity
-    from seqrec.recommend import recommend_topk, top_k_rows
+    from seqrec.serving.recommend import recommend_topk, top_k_rows
 
     data = random_sessions(300, 400, seed=1)
     model = {"markov": Markov, "itemknn": ItemKNN, "spop": SessionPopularity}[name]().fit(data)

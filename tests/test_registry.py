@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqrec import registry as R
+from seqrec.pipeline.registry import VocabAligned
+from seqrec.serving import registry as R
 from seqrec.models.base import Recommender
 from seqrec.sequences import ItemVocab
 
@@ -176,7 +177,7 @@ class Echo(Recommender):
 
 def test_vocab_aligned_maps_inputs_and_scores():
     model = Echo(["<pad>", "a", "b", "c"])
-    aligned = R.VocabAligned(model, ItemVocab(np.array(["<pad>", "b", "c", "d"], dtype=object)))
+    aligned = VocabAligned(model, ItemVocab(np.array(["<pad>", "b", "c", "d"], dtype=object)))
     scores = aligned.score_last(np.array([[1, 3]]), np.array([2]))  # inputs b, d (d unknown to the model)
     assert model.inputs[0].tolist() == [[2, 0]]  # b -> 2 in the model's vocabulary, d -> padding
     assert scores.tolist() == [[-np.inf, 2.0, 3.0, -np.inf]]  # pad, b, c, d (d: the model cannot recommend it)

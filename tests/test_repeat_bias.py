@@ -12,7 +12,7 @@ from seqrec.config import Gru4RecConfig, SasRecConfig, TrainingConfig
 from seqrec.models.gru4rec import GRU4Rec
 from seqrec.models.repeat import RepeatHead, RepeatTerm, add_repeat_bias, last_window, lift_prefix
 from seqrec.models.sasrec import SASRec, prefix_pairs
-from seqrec.recommend import recommend_topk, top_k_unseen
+from seqrec.serving.recommend import recommend_topk, top_k_unseen
 from seqrec.sequences import ItemVocab, SessionDataset
 
 torch.set_num_threads(1)

@@ -226,7 +226,7 @@ def test_warm_start_needs_a_vocabulary_before_fit():
 
 
 def test_fit_with_validation_records_the_metric_and_keeps_the_best_epoch():
-    pytest.importorskip("seqrec.evaluation")
+    pytest.importorskip("seqrec.evaluation.metrics")
     from seqrec.config import EvaluationConfig
 
     data = make_dataset(cycle_sessions(120))

@@ -8,7 +8,7 @@ import pytest
 
 from seqrec import columns as C
 from seqrec.config import SessionConfig
-from seqrec.sessions import REASON_LENGTH, REASON_SUPPORT, ROUND, sessionize, sessionize_partitions
+from seqrec.features.sessions import REASON_LENGTH, REASON_SUPPORT, ROUND, sessionize, sessionize_partitions
 
 MIN = 60 * C.MICROS_PER_SECOND
 DAY = C.MICROS_PER_DAY
@@ -172,7 +172,7 @@ def random_days(seed: int, days: int = 4, per_day: int = 3000) -> list[pd.DataFr
 def test_out_of_core_stage_equals_in_memory(tmp_path, support: int, length: int, mode: str) -> None:
     """Day files sessionized in buckets of ~1000 rows give the in-memory result: rows, order, ids, removals, counts."""
     from seqrec import io
-    from seqrec.sessions_stream import sessionize_files
+    from seqrec.features.sessions_stream import sessionize_files
 
     parts = random_days(support * 10 + length)
     paths = [io.write_table(p, tmp_path / "days" / f"{i:05d}.parquet") for i, p in enumerate(parts)]

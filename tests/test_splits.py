@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from seqrec import columns as C
-from seqrec.splits import TOO_SHORT, UNKNOWN_ITEM, split_by_time, split_leave_one_out, split_presplit
+from seqrec.evaluation.splits import TOO_SHORT, UNKNOWN_ITEM, split_by_time, split_leave_one_out, split_presplit
 
 DAY = C.MICROS_PER_DAY
 

@@ -11,10 +11,10 @@ import torch
 from seqrec.config import BprMfConfig, Gru4RecConfig, TrainingConfig
 from seqrec.models.bprmf import BPRMF
 from seqrec.models.gru4rec import GRU4Rec
-from seqrec.recommend import recommend_topk, top_k_rows, top_k_unseen
+from seqrec.serving.recommend import recommend_topk, top_k_rows, top_k_unseen
 from seqrec.sequences import ItemVocab, SessionDataset
-import seqrec.topk as topk
-from seqrec.topk import GROUP, DotProductIndex, group_topk
+import seqrec.serving.topk as topk
+from seqrec.serving.topk import GROUP, DotProductIndex, group_topk
 
 torch.set_num_threads(1)
 

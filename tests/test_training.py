@@ -12,7 +12,7 @@ from torch import nn
 
 from seqrec.config import TrainingConfig
 from seqrec.io import load_checkpoint
-from seqrec.training import (AdagradMomentum, CheckpointMismatch, TrainingHistory, fit_epochs, resolve_device,
+from seqrec.models.training import (AdagradMomentum, CheckpointMismatch, TrainingHistory, fit_epochs, resolve_device,
                              set_seed, warm_start_embedding)
 
 torch.set_num_threads(1)

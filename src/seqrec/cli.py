@@ -57,7 +57,7 @@ def add_common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
 def cmd_generate(args: argparse.Namespace) -> dict:
     """Generate a synthetic T-ECD root."""
     from seqrec.config import DefectRates
-    from seqrec.generate import generate_tecd
+    from seqrec.synthetic.generate import generate_tecd
 
     extra: dict[str, Any] = {"generator": {k: v for k, v in
                                            {"events": args.events, "seed": args.seed, "days": args.days, "workers": args.workers}.items()
@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
     """Run the whole pipeline as a Prefect flow."""
     extra = {"data": {"root": str(args.data)}} if args.data else {}
     cfg = config_from(args, extra)
-    from seqrec.runlock import run_lock
+    from seqrec.pipeline.runlock import run_lock
 
     with run_lock(cfg.output.run_dir):  # a second run on the same run directory is refused, not interleaved
         from flows.pipeline import pipeline_flow
@@ -87,16 +87,16 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
 def cmd_load(args: argparse.Namespace) -> dict:
     """Load a T-ECD root's event partitions into canonical per-day parquet files."""
-    from seqrec import stages
+    from seqrec.pipeline import data
 
     cfg = config_from(args, {"data": {"root": str(args.root)}})
-    return stages.ingest_events(str(args.root), cfg.data, str(args.out))
+    return data.ingest_events(str(args.root), cfg.data, str(args.out))
 
 
 def cmd_import(args: argparse.Namespace) -> dict:
     """Import public session data (GRU4Rec TSV or `user item` lines) into a canonical table."""
     from seqrec import io
-    from seqrec.importers import import_gru4rec_tsv, import_user_item_lines
+    from seqrec.data.importers import import_gru4rec_tsv, import_user_item_lines
 
     events = import_gru4rec_tsv(args.path) if args.format == "gru4rec" else import_user_item_lines(args.path)
     io.write_table(events, args.out)
@@ -107,7 +107,7 @@ def cmd_import(args: argparse.Namespace) -> dict:
 def read_events_arg(path: Path, fmt: str):
     """Return canonical events with session ids from a TSV, `user item` file or parquet."""
     from seqrec import io
-    from seqrec.importers import import_gru4rec_tsv, import_user_item_lines
+    from seqrec.data.importers import import_gru4rec_tsv, import_user_item_lines
 
     if fmt == "gru4rec" or (fmt == "auto" and path.suffix in (".tsv", ".txt") and _has_header(path)):
         return import_gru4rec_tsv(path)
@@ -124,7 +124,7 @@ def _has_header(path: Path) -> bool:
 
 def build_split(args: argparse.Namespace, cfg: SeqrecConfig):
     """Return a Split from --train/--test files (pre-split) or one --events file and the protocol."""
-    from seqrec.splits import split_by_time, split_leave_one_out, split_presplit
+    from seqrec.evaluation.splits import split_by_time, split_leave_one_out, split_presplit
 
     if args.test is not None:
         return split_presplit(read_events_arg(args.train, args.format), read_events_arg(args.test, args.format),
@@ -147,29 +147,29 @@ def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> dict:
     """Train one named model on user files; save the model and the split next to it."""
-    from seqrec import stages
+    from seqrec.pipeline import models as stage
 
     cfg = config_from(args, protocol_overrides(args))
     out = Path(args.out)
-    split = stages.save_split(build_split(args, cfg), str(out / "split"))
-    return stages.train_model(args.model, split["split_dir"], cfg, str(out), args.embeddings)
+    split = stage.save_split(build_split(args, cfg), str(out / "split"))
+    return stage.train_model(args.model, split["split_dir"], cfg, str(out), args.embeddings)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     """Evaluate a trained model on the split saved by `seqrec train` (or given files)."""
-    from seqrec import stages
+    from seqrec.pipeline import models as stage
 
     cfg = config_from(args, protocol_overrides(args))
     model = Path(args.model)
     split_dir = args.split or model.parent / "split"
     if args.test is not None:
-        split_dir = Path(stages.save_split(build_split(args, cfg), str(model.parent / "split_eval"))["split_dir"])
-    return stages.evaluate_trained_model(str(model), str(split_dir), cfg.evaluation, part=args.part)
+        split_dir = Path(stage.save_split(build_split(args, cfg), str(model.parent / "split_eval"))["split_dir"])
+    return stage.evaluate_trained_model(str(model), str(split_dir), cfg.evaluation, part=args.part)
 
 
 def cmd_recommend(args: argparse.Namespace) -> dict:
     """Recommend the top K items for every session in a file."""
-    from seqrec.recommend import load_model, read_sessions_file, recommend
+    from seqrec.serving.recommend import load_model, read_sessions_file, recommend
 
     model = load_model(args.model)
     sessions = read_sessions_file(args.sessions)
@@ -183,40 +183,40 @@ def cmd_recommend(args: argparse.Namespace) -> dict:
 
 def cmd_validate(args: argparse.Namespace) -> dict:
     """Validate a T-ECD root's tables and event partitions with the Great Expectations suites."""
-    from seqrec import stages_quality
+    from seqrec.pipeline import quality
 
     cfg = config_from(args, {"data": {"root": str(args.root)}})
-    return stages_quality.validate_root(str(args.root), args.stage, cfg, str(args.out))
+    return quality.validate_root(str(args.root), args.stage, cfg, str(args.out))
 
 
 def cmd_clean(args: argparse.Namespace) -> dict:
     """Clean a T-ECD root by the configured policy; quarantine every dropped row with its reason."""
-    from seqrec import stages_quality
+    from seqrec.pipeline import quality
 
     cfg = config_from(args, {"data": {"root": str(args.root)}})
-    return stages_quality.clean_root(str(args.root), cfg, str(args.out))
+    return quality.clean_root(str(args.root), cfg, str(args.out))
 
 
 def cmd_features(args: argparse.Namespace) -> dict:
     """Build sessions, the co-occurrence graph and item embeddings from canonical events."""
-    from seqrec import stages
+    from seqrec.pipeline import features as stage
 
     cfg = config_from(args)
     out = Path(args.out)
-    sessions = stages.sessionize_events([str(p) for p in args.events], cfg.features.sessions, str(out / "sessions"))
+    sessions = stage.sessionize_events([str(p) for p in args.events], cfg.features.sessions, str(out / "sessions"))
     result: dict[str, Any] = {"sessions": sessions}
     if cfg.features.build_graph:
-        result["graph"] = stages.build_item_graph(sessions["sessions"], str(args.root or ""), cfg.features.graph,
+        result["graph"] = stage.build_item_graph(sessions["sessions"], str(args.root or ""), cfg.features.graph,
                                                   str(out / "graph"), cfg.data)
         if cfg.features.build_embeddings:
-            result["embeddings"] = stages.train_item_embeddings(result["graph"], cfg.features.embeddings, cfg.training,
+            result["embeddings"] = stage.train_item_embeddings(result["graph"], cfg.features.embeddings, cfg.training,
                                                                 str(out / "embeddings"))
     return result
 
 
 def cmd_dashboard(args: argparse.Namespace) -> dict:
     """Serve the live recommendation dashboard for a run directory until interrupted."""
-    from seqrec.dashboard.app import run_dashboard
+    from seqrec.serving.dashboard.app import run_dashboard
 
     run_dir = args.run_dir or config_from(args).output.run_dir
     run_dashboard(Path(run_dir), host=args.host, port=args.port, k=args.k)
@@ -319,9 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
 def known_errors() -> tuple[type[BaseException], ...]:
     """Return seqrec's own error types that the CLI reports as one line and exit code 1."""
     from seqrec.io import OutputError
-    from seqrec.quality import QualityGateError
-    from seqrec.reader import PartitionError
-    from seqrec.runlock import RunLockedError
+    from seqrec.quality.validate import QualityGateError
+    from seqrec.data.reader import PartitionError
+    from seqrec.pipeline.runlock import RunLockedError
 
     return PartitionError, OutputError, RunLockedError, QualityGateError
 

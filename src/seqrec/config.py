@@ -220,7 +220,7 @@ class SessionConfig(Section):
 
 
 class GraphConfig(Section):
-    """Item co-occurrence graph (seqrec.graph): co-view pairs in sessions + co-purchase pairs in baskets."""
+    """Item co-occurrence graph (seqrec.features.graph): co-view pairs in sessions + co-purchase pairs in baskets."""
 
     coview: Literal["all", "window"] = "window"
     window: int = Field(5, gt=0)
@@ -233,7 +233,7 @@ class GraphConfig(Section):
 
 
 class EmbeddingConfig(Section):
-    """Contrastive item embeddings (seqrec.embeddings); defaults are the study's (TECD.md)."""
+    """Contrastive item embeddings (seqrec.features.embeddings); defaults are the study's (TECD.md)."""
 
     dim: int = Field(128, gt=0)
     hidden: int = Field(256, gt=0)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from seqrec import cli, stages
+from seqrec import cli
+from seqrec.pipeline import data as stages
 from seqrec.config import ConfigError, load_config
 
 

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seqrec import columns as C
-from seqrec.cleaning import clean_table
+from seqrec.quality.cleaning import clean_table
 from seqrec.config import CleaningConfig, SessionConfig
-from seqrec.evaluation import metrics_from_ranks
-from seqrec.sessions import gap_micros, sessionize
+from seqrec.evaluation.metrics import metrics_from_ranks
+from seqrec.features.sessions import gap_micros, sessionize
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MINUTE = 60_000_000

@@ -17,10 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seqrec import cli, stages
-from seqrec import reader as R
+from seqrec import cli
+from seqrec.pipeline import data as stages
+from seqrec.data import reader as R
 from seqrec.config import DataConfig
-from seqrec.reader import PartitionError, load_events
+from seqrec.data.reader import PartitionError, load_events
 
 DAY_US = 86_400_000_000
 DAYS = (100, 101, 102, 104)  # day 103 is missing on purpose

@@ -1,4 +1,4 @@
-"""Concurrent runs: one run per run directory (``seqrec.runlock``), separate roots independent.
+"""Concurrent runs: one run per run directory (``seqrec.pipeline.runlock``), separate roots independent.
 
 Every test uses real processes: the lock is an ``fcntl.flock`` whose owner is a process, and
 its release on process death (SIGKILL) is the kernel's, not ours.
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from seqrec.runlock import LOCK_NAME, RunLockedError, run_lock
+from seqrec.pipeline.runlock import LOCK_NAME, RunLockedError, run_lock
 
 REPO = Path(__file__).resolve().parents[2]
 HOLDER = r'''
 import sys, time
-from seqrec.runlock import run_lock
+from seqrec.pipeline.runlock import run_lock
 with run_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)

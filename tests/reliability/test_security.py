@@ -13,8 +13,8 @@ import torch
 
 from seqrec.config import DataConfig
 from seqrec.io import load_checkpoint, load_sessions
-from seqrec.reader import make_dask_client
-from seqrec.recommend import load_model
+from seqrec.data.reader import make_dask_client
+from seqrec.serving.recommend import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("src", "flows", "tasks", "deployments")

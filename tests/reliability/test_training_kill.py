@@ -30,7 +30,7 @@ import numpy as np
 import torch
 torch.set_num_threads(1)
 from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig
-from seqrec.evaluation import evaluate_model
+from seqrec.evaluation.metrics import evaluate_model
 from seqrec.models.gru4rec import GRU4Rec
 from seqrec.sequences import ItemVocab, SessionDataset
 

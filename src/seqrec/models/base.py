@@ -14,7 +14,7 @@ recurrent models carry state in ``score_steps`` (the GRU4Rec protocol).
 Dot-product models (GRU4Rec, SASRec, BPR-MF) also expose their output layer: scores are
 ``act(query_vectors(items, lengths) @ W.T + bias)`` with ``(W, bias) = output_layer()`` and a
 monotone increasing ``act`` (``final_activation``), so ``recommend`` can take the exact top-k
-with ``seqrec.topk.DotProductIndex`` without materialising the full score matrix.
+with ``seqrec.serving.topk.DotProductIndex`` without materialising the full score matrix.
 """
 
 from __future__ import annotations

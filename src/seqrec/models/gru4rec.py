@@ -9,7 +9,7 @@
 * Losses: cross-entropy with logQ correction, BPR-max (+ ``bpreg``), TOP1-max, BPR, TOP1.
 * Embeddings: ``onehot`` (a GRU input-weight row per item), ``separate``, ``constrained``
   (the output item matrix Wy is the input embedding too).
-* Adagrad with momentum on touched rows (``seqrec.training.AdagradMomentum``), or AdamW.
+* Adagrad with momentum on touched rows (``seqrec.models.training.AdagradMomentum``), or AdamW.
 
 Accidental hits (a sampled negative equal to the target) are not masked, as in the papers;
 pairwise losses exclude only the positive's own column (the diagonal).
@@ -30,7 +30,7 @@ from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig, confi
 from seqrec.models.base import Recommender
 from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength, with_first
 from seqrec.sequences import PAD, ItemVocab, SessionDataset
-from seqrec.training import (make_validator, neural_state, AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
+from seqrec.models.training import (make_validator, neural_state, AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
                              set_seed, use_amp, warm_start_embedding)
 
 

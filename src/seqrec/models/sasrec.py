@@ -30,7 +30,7 @@ from seqrec.config import EvaluationConfig, SasRecConfig, TrainingConfig, config
 from seqrec.models.base import Recommender
 from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength, with_first
 from seqrec.sequences import PAD, ItemVocab, SessionDataset
-from seqrec.training import (
+from seqrec.models.training import (
     make_validator,
     neural_state,
     TrainingHistory,

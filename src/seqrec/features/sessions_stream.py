@@ -1,5 +1,5 @@
 """Out-of-core sessionization of day files: the same sessions, ids and filters as
-``seqrec.sessions.sessionize_partitions``, with memory bounded by a day and a user bucket.
+``seqrec.features.sessions.sessionize_partitions``, with memory bounded by a day and a user bucket.
 
 Three passes over the cleaned day files (given in time order):
 
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from seqrec import columns as C
 from seqrec import io
 from seqrec.config import SessionConfig
-from seqrec.sessions import (
+from seqrec.features.sessions import (
     REASON_LENGTH,
     REASON_SUPPORT,
     ROUND,
@@ -89,7 +89,7 @@ def filter_fates(sessions: np.ndarray, items: np.ndarray, n_sessions: int, n_ite
                  ) -> tuple[np.ndarray, np.ndarray, int]:
     """Pass 2: return (fate per event, filter round that removed it or 0, rounds run).
 
-    Same rule as ``seqrec.sessions.filter_sessions``: per round, items with fewer than
+    Same rule as ``seqrec.features.sessions.filter_sessions``: per round, items with fewer than
     ``min_item_support`` kept events go, then sessions with fewer than ``min_session_length``.
     """
     fate = np.zeros(len(items), dtype=np.int8)
@@ -112,7 +112,7 @@ def filter_fates(sessions: np.ndarray, items: np.ndarray, n_sessions: int, n_ite
 
 
 def count_fates(users: np.ndarray, sessions: np.ndarray, fate: np.ndarray, rounds: np.ndarray, n_sessions: int) -> dict[str, int]:
-    """Return the counts of ``seqrec.sessions.count_sessionization`` from the compact arrays."""
+    """Return the counts of ``seqrec.features.sessions.count_sessionization`` from the compact arrays."""
     kept = fate == KEPT
     alive_sessions = np.bincount(sessions[kept], minlength=n_sessions) > 0
     lost = ~alive_sessions
@@ -201,7 +201,7 @@ def sessionize_files(paths: list[str | Path], cfg: SessionConfig, out_dir: str |
     """Sessionize day files given in time order without holding them all; write sessions and removed rows.
 
     Returns ``{"sessions": path, "removed": path, "report": counts}``; the report has the keys of
-    ``seqrec.sessions.sessionize_partitions``'s plus ``buckets``.
+    ``seqrec.features.sessions.sessionize_partitions``'s plus ``buckets``.
     """
     if not paths:
         raise ValueError("sessionize_files: no day files given")

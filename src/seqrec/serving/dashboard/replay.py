@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from seqrec.evaluation import metrics_from_ranks
+from seqrec.evaluation.metrics import metrics_from_ranks
 from seqrec.models.base import Recommender
-from seqrec.recommend import model_vocab, recommend_topk
+from seqrec.serving.recommend import model_vocab, recommend_topk
 from seqrec.sequences import SessionDataset, reencode_sessions
 
 SHOWN_ITEMS = 5  # last items of a session shown in the state

@@ -28,12 +28,12 @@ from seqrec import io
 from seqrec.config import QualityConfig
 
 if TYPE_CHECKING:
-    from seqrec.quality import References
+    from seqrec.quality.validate import References
 
 # GX logs one INFO line per store and action; keep run logs readable.
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
-ASSETS = Path(__file__).resolve().parents[2] / "vendor" / "datadocs" / "node_modules"
+ASSETS = Path(__file__).resolve().parents[3] / "vendor" / "datadocs" / "node_modules"
 VENDOR_DIR = "static/vendor"  # under the site root
 GX_LOGO = "static/images/logo-long.png"  # GX copies its own static/images into every site
 
@@ -199,7 +199,7 @@ def add_checkpoint(ctx, table: str, stage: str, params: QualityConfig, skipped: 
 def validate_into_docs(ctx, frames: dict[str, pd.DataFrame], stage: str, params: QualityConfig,
                        refs: "References | None") -> None:
     """Run one Checkpoint per table (its own frame and thresholds); raise QualityError when a check errors."""
-    from seqrec.quality import _GX_SETUP, add_check_columns, check_columns_present, raise_if_errored
+    from seqrec.quality.validate import _GX_SETUP, add_check_columns, check_columns_present, raise_if_errored
 
     for table, df in frames.items():
         frame, skipped = add_check_columns(df, table, stage, params, refs)
@@ -220,12 +220,12 @@ def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: Quality
 
     The GX project lives in ``out_dir/gx`` and is rebuilt from scratch on every call (a file-mode
     context keeps its data sources, and older pages would keep their CDN URLs). ``refs`` feeds the
-    referential checks, as in ``seqrec.quality.validate_table``; without it they are skipped.
+    referential checks, as in ``seqrec.quality.validate.validate_table``; without it they are skipped.
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    from seqrec.quality import _GX_SETUP
+    from seqrec.quality.validate import _GX_SETUP
 
     if not assets.is_dir():
         raise DataDocsError(f"asset directory {assets} is missing: run `make datadocs-assets`")

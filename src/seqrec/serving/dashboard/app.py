@@ -26,9 +26,9 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from seqrec import io
-from seqrec.dashboard.replay import Replay, ReplayRunner
+from seqrec.serving.dashboard.replay import Replay, ReplayRunner
 from seqrec.models.base import Recommender
-from seqrec.recommend import load_model
+from seqrec.serving.recommend import load_model
 from seqrec.sequences import SessionDataset
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def create_app(models: dict[str, Path], data_path: Path, k: int = 20, rate: floa
 
 def discover_models(run_dir: Path) -> dict[str, Path]:
     """Return model files by name: the registry's current version first, then ``<run_dir>/models/*.pt``."""
-    from seqrec.registry import current_version, default_registry_dir
+    from seqrec.serving.registry import current_version, default_registry_dir
 
     run_dir = Path(run_dir)
     models: dict[str, Path] = {}

@@ -3,6 +3,6 @@
 ``replay`` is plain library code (no web framework); ``app`` serves it with Starlette/uvicorn.
 """
 
-from seqrec.dashboard.replay import Replay, ReplayRunner, order_events, rank_in_list, replay_all
+from seqrec.serving.dashboard.replay import Replay, ReplayRunner, order_events, rank_in_list, replay_all
 
 __all__ = ["Replay", "ReplayRunner", "order_events", "rank_in_list", "replay_all"]

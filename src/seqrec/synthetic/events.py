@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from seqrec import columns as C
 from seqrec.config import GeneratorConfig
-from seqrec.generate_catalogue import (
+from seqrec.synthetic.catalogue import (
     DOMAIN_CODES,
     OS_NAMES,
     STREAM_EVENTS,
@@ -33,7 +33,7 @@ from seqrec.generate_catalogue import (
     sample_cum,
     search_sorted,
 )
-from seqrec.generate_schemas import STRING, TECD_SCHEMAS
+from seqrec.synthetic.schemas import STRING, TECD_SCHEMAS
 
 HOUR = 3_600 * C.MICROS_PER_SECOND
 LATE_WINDOW = 2 * HOUR  # sessions starting later may cross midnight; no session lasts longer

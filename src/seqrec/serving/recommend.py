@@ -8,12 +8,12 @@ are logged as a warning when non-zero.
 
 The hot path is array code: sessions are encoded once and handled ``batch_size`` rows at a
 time. Dot-product models (``Recommender.output_layer``) never materialise the score matrix:
-their query vectors go to a cached ``seqrec.topk.DotProductIndex`` (blocked scoring into a
+their query vectors go to a cached ``seqrec.serving.topk.DotProductIndex`` (blocked scoring into a
 reused buffer, group-max pruned exact top-k). Other models
 with sparse scores over a back-off (``Recommender.sparse_scores``: Markov, Item-KNN, S-POP)
-go to ``seqrec.topk.sparse_candidates``: their rows' best stored entries and the back-off's best
+go to ``seqrec.serving.topk.sparse_candidates``: their rows' best stored entries and the back-off's best
 items, never a dense block. Other models
-give ``score_last`` (B, V + 1), cut by ``seqrec.topk.group_topk``; seen items are excluded
+give ``score_last`` (B, V + 1), cut by ``seqrec.serving.topk.group_topk``; seen items are excluded
 without writing into the score matrix: take the top ``k + L + 1`` (L = the batch's width,
 + 1 for padding), drop banned candidates, keep the first ``k``.
 
@@ -44,7 +44,7 @@ import torch
 from seqrec.io import load_checkpoint, save_checkpoint
 from seqrec.models.base import Recommender
 from seqrec.sequences import PAD, ItemVocab
-from seqrec.topk import NUMPY_MIN_ROWS, DotProductIndex, group_topk, sparse_candidates, torch_threads
+from seqrec.serving.topk import NUMPY_MIN_ROWS, DotProductIndex, group_topk, sparse_candidates, torch_threads
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The data-quality report: one self-contained HTML page (inline CSS, base64 PNG) and a Markdown digest.
 
-Inputs are plain frames: ``seqrec.quality.summarise_validations`` of the raw and cleaned passes,
-the cleaning steps, ``seqrec.quality.measure_missingness`` of raw and cleaned tables, and
-optionally ``seqrec.cleaning.count_reasons``. Nothing on the page loads from the network.
+Inputs are plain frames: ``seqrec.quality.validate.summarise_validations`` of the raw and cleaned passes,
+the cleaning steps, ``seqrec.quality.validate.measure_missingness`` of raw and cleaned tables, and
+optionally ``seqrec.quality.cleaning.count_reasons``. Nothing on the page loads from the network.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Callable
 
 import pandas as pd
 
-from seqrec.cleaning import CleanStep, retention_by_table, steps_frame
+from seqrec.quality.cleaning import CleanStep, retention_by_table, steps_frame
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2433;background:#fafbfc}

@@ -295,7 +295,7 @@ def load_events(root: Path, cfg: DataConfig, client: "distributed.Client | None"
     """Return the canonical event table of ``cfg.domains`` over the day range, with a partition report.
 
     Every partition is read before bad ones are judged, so a "fail" error names all of them.
-    The whole table is held in memory; ``seqrec.stages.ingest_events`` streams day by day.
+    The whole table is held in memory; ``seqrec.data.ingest.ingest_events`` streams day by day.
     """
     reads, missing, files = plan_event_reads(root, cfg)
     results = read_event_partitions(reads, cfg, client)

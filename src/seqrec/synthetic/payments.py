@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from seqrec import columns as C
 from seqrec.config import GeneratorConfig
-from seqrec.generate_catalogue import (
+from seqrec.synthetic.catalogue import (
     ITEM_PREFIX,
     STREAM_PAYMENTS,
     STREAM_REVIEWS,
@@ -30,7 +30,7 @@ from seqrec.generate_catalogue import (
     sample_cum,
     search_sorted,
 )
-from seqrec.generate_schemas import STRING, TECD_SCHEMAS
+from seqrec.synthetic.schemas import STRING, TECD_SCHEMAS
 
 NOISE_BASKETS = 0.005  # share of baskets with 51..200 lines (the study drops > 50 as noise)
 RATING_SHARES = np.array([0.05, 0.04, 0.08, 0.20, 0.63])  # ratings 1..5

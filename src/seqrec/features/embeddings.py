@@ -31,7 +31,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from seqrec import columns as C  # noqa: E402
 from seqrec.config import EmbeddingConfig  # noqa: E402
-from seqrec.graph import ItemGraph  # noqa: E402
+from seqrec.features.graph import ItemGraph  # noqa: E402
 from seqrec.io import atomic_path, write_figure  # noqa: E402
 from seqrec.sequences import ItemVocab  # noqa: E402
 

@@ -459,7 +459,7 @@ def make_validator(model, valid, eval_cfg, metric: str):
     if valid is None:
         return None
     from seqrec.config import EvaluationConfig
-    from seqrec.evaluation import evaluate_model  # lazy: evaluation is not needed to train or score
+    from seqrec.evaluation.metrics import evaluate_model  # lazy: evaluation is not needed to train or score
 
     if not np.array_equal(valid.vocab.ids, model.vocab.ids):
         raise ValueError(f"{type(model).__name__}.fit: valid is encoded with another item vocabulary than train")

@@ -18,6 +18,7 @@ import pandas as pd
 from seqrec import columns as C
 from seqrec import io
 from seqrec.config import CleaningConfig, DataConfig, QualityConfig, config_to_dict
+from seqrec.data.ingest import ingest_events
 
 # GX logs one INFO line per ephemeral context (one per validation); keep run logs readable.
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -36,7 +37,7 @@ def fingerprint_raw_tables(root: str) -> str:
 
 def read_raw_tables(root: str, data: DataConfig) -> dict[str, pd.DataFrame]:
     """Return every non-event table present under a raw T-ECD root (embeddings repaired, lengths kept)."""
-    from seqrec.reader import load_day_tables, read_table_safe
+    from seqrec.data.reader import load_day_tables, read_table_safe
 
     base, frames = Path(root), {}
     for name, rel in SINGLE_TABLES.items():
@@ -59,8 +60,8 @@ def read_clean_tables(clean_root: str) -> dict[str, pd.DataFrame]:
 @functools.lru_cache(maxsize=4)
 def references_of(root: str, domains: tuple[str, ...]):
     """Return the raw catalogue's item ids and brand ids, for referential checks (cached per root)."""
-    from seqrec.quality import build_references
-    from seqrec.reader import read_table_safe
+    from seqrec.quality.validate import build_references
+    from seqrec.data.reader import read_table_safe
 
     base, frames = Path(root), {}
     for d in domains:
@@ -74,7 +75,7 @@ def references_of(root: str, domains: tuple[str, ...]):
 def validate_tables(table_root: str, stage: str, quality: QualityConfig, data: DataConfig, out_dir: str,
                     raw_root: str | None = None) -> dict[str, Any]:
     """Validate every non-event table (raw root, or cleaned tables); write the check summary."""
-    from seqrec.quality import measure_missingness, summarise_validations, validate_table
+    from seqrec.quality.validate import measure_missingness, summarise_validations, validate_table
 
     frames = read_raw_tables(table_root, data) if stage == "raw" else read_clean_tables(table_root)
     refs = references_of(raw_root or table_root, tuple(data.domains))
@@ -90,7 +91,7 @@ def validate_tables(table_root: str, stage: str, quality: QualityConfig, data: D
 
 def build_docs_if_possible(frames: dict[str, pd.DataFrame], stage: str, quality: QualityConfig, out: Path, refs) -> str:
     """Return the offline GX Data Docs index for ``frames``, or why they were not built."""
-    from seqrec.datadocs import ASSETS, build_data_docs
+    from seqrec.quality.datadocs import ASSETS, build_data_docs
 
     if not quality.build_data_docs:
         return "not built: quality.build_data_docs is false"
@@ -108,7 +109,7 @@ def events_by_domain(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def validate_events_day(day: dict[str, Any], stage: str, quality: QualityConfig, out_dir: str,
                         raw_root: str | None = None, domains: tuple[str, ...] = ("marketplace",)) -> dict[str, Any]:
     """Validate one event day partition per domain; write its check summary and missingness."""
-    from seqrec.quality import measure_missingness, summarise_validations, validate_table
+    from seqrec.quality.validate import measure_missingness, summarise_validations, validate_table
 
     frames = events_by_domain(io.read_table(day["path"]))
     refs = references_of(raw_root, tuple(domains)) if raw_root else None
@@ -124,7 +125,7 @@ def validate_events_day(day: dict[str, Any], stage: str, quality: QualityConfig,
 
 def clean_events_day(day: dict[str, Any], cleaning: CleaningConfig, out_dir: str) -> dict[str, Any]:
     """Clean one event day partition; write cleaned rows, quarantined rows and the step counts."""
-    from seqrec.cleaning import clean_table
+    from seqrec.quality.cleaning import clean_table
 
     frames = events_by_domain(io.read_table(day["path"]))
     name = f"{int(day['day']):05d}"
@@ -146,7 +147,7 @@ def clean_events_day(day: dict[str, Any], cleaning: CleaningConfig, out_dir: str
 
 def clean_tables(root: str, cleaning: CleaningConfig, data: DataConfig, out_dir: str) -> dict[str, Any]:
     """Clean every non-event table of a raw root; write cleaned tables and quarantine; return counts."""
-    from seqrec.cleaning import clean_table, write_quarantine
+    from seqrec.quality.cleaning import clean_table, write_quarantine
 
     out, steps, counts = Path(out_dir), [], {}
     for table, df in read_raw_tables(root, data).items():
@@ -177,8 +178,8 @@ def collect_missingness(quality_dir: str) -> pd.DataFrame:
 
 def write_quality_report(quality_dir: str, cleaned: dict[str, Any], out_dir: str) -> dict[str, Any]:
     """Write the offline HTML and markdown data-quality reports from both passes and the cleaning steps."""
-    from seqrec.cleaning import CleanStep
-    from seqrec.reports.quality_html import render_quality_markdown, render_quality_report
+    from seqrec.quality.cleaning import CleanStep
+    from seqrec.quality.report import render_quality_markdown, render_quality_report
 
     raw, clean = collect_summaries(quality_dir, "raw"), collect_summaries(quality_dir, "cleaned")
     step_dicts = [s for d in cleaned["days"] for s in d["steps"]] + cleaned["tables"]["steps"]
@@ -192,8 +193,6 @@ def write_quality_report(quality_dir: str, cleaned: dict[str, Any], out_dir: str
 
 def validate_root(root: str, stage: str, cfg, out_dir: str) -> dict[str, Any]:
     """Validate a whole T-ECD root outside the pipeline: tables and every event day partition."""
-    from seqrec.stages import ingest_events
-
     ingested = ingest_events(root, cfg.data, str(Path(out_dir) / "_ingest"))
     days = [validate_events_day(d, stage, cfg.quality, out_dir, root, tuple(cfg.data.domains)) for d in ingested["days"]]
     tables = validate_tables(root, stage, cfg.quality, cfg.data, out_dir)
@@ -203,8 +202,6 @@ def validate_root(root: str, stage: str, cfg, out_dir: str) -> dict[str, Any]:
 
 def clean_root(root: str, cfg, out_dir: str) -> dict[str, Any]:
     """Clean a whole T-ECD root outside the pipeline; write cleaned data, quarantine and the DQ report."""
-    from seqrec.stages import ingest_events
-
     ingested = ingest_events(root, cfg.data, str(Path(out_dir) / "_ingest"))
     qdir = str(Path(out_dir) / "quality")
     for d in ingested["days"]:

@@ -20,7 +20,7 @@ from typing import Callable
 import pyarrow.parquet as pq
 
 from seqrec.config import GeneratorConfig, config_to_dict
-from seqrec.generate_catalogue import (
+from seqrec.synthetic.catalogue import (
     Catalogue,
     brands_table,
     build_catalogue,
@@ -28,9 +28,9 @@ from seqrec.generate_catalogue import (
     item_groups_table,
     users_table,
 )
-from seqrec.generate_events import day_events
-from seqrec.generate_payments import payments_day, reviews_day
-from seqrec.generate_schemas import TECD_SCHEMAS, tecd_schema
+from seqrec.synthetic.events import day_events
+from seqrec.synthetic.payments import payments_day, reviews_day
+from seqrec.synthetic.schemas import TECD_SCHEMAS, tecd_schema
 from seqrec.io import atomic_path, write_json, write_table
 
 __all__ = ["TECD_SCHEMAS", "tecd_schema", "generate_tecd", "day_paths", "GENERATOR_DIR"]

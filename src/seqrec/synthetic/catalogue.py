@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from seqrec import columns as C
 from seqrec.config import GeneratorConfig
-from seqrec.generate_schemas import EMBEDDING, STRING, TECD_SCHEMAS
+from seqrec.synthetic.schemas import EMBEDDING, STRING, TECD_SCHEMAS
 
 DOMAIN_CODES = {"marketplace": 0, "retail": 1, "offers": 2}
 ITEM_PREFIX = {"marketplace": "nfmcg_", "retail": "fmcg_", "offers": "offer_"}  # offers' prefix [guess]

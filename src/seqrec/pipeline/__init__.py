@@ -1,0 +1,1 @@
+"""Pipeline stages: the plain functions the Prefect tasks wrap (one module per tasks/ module), and the run lock."""

@@ -1,0 +1,44 @@
+"""Data stages: resolve (or generate) the raw root, ingest its event partitions; the raw fingerprint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from seqrec import io
+from seqrec.config import ConfigError, DataConfig, GeneratorConfig, SeqrecConfig, config_to_dict
+from seqrec.data.ingest import ingest_events
+from seqrec.data.reader import list_partitions
+from seqrec.synthetic.generate import generate_tecd
+
+Progress = Callable[[str, int, int], None]
+
+__all__ = ["resolve_data_root", "generate_data", "ingest_events", "fingerprint_raw_events"]
+
+
+def resolve_data_root(cfg: SeqrecConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Return the raw data root: ``data.root``, or generated data under the run directory."""
+    if cfg.data.root is not None:
+        root = Path(cfg.data.root).resolve()
+        if not root.is_dir():
+            raise ConfigError(f"config key 'data.root' = '{root}': not a directory")
+        return {"root": str(root), "generated": False}
+    root = (cfg.output.run_dir / "data").resolve()
+    return {"root": str(root), "generated": True, **generate_data(root, cfg.generator, progress)}
+
+
+def generate_data(root: Path, gen: GeneratorConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Generate T-ECD data into ``root`` unless the same generator config already wrote it."""
+    stamp = Path(root) / "_generator" / "config.json"
+    wanted = config_to_dict(gen)
+    if stamp.is_file() and io.read_json(stamp) == wanted:
+        return {"reused": True, "summary": io.read_json(Path(root) / "_generator" / "summary.json")}
+    summary = generate_tecd(Path(root), gen, progress)
+    io.write_json(wanted, stamp)
+    return {"reused": False, "summary": summary}
+
+
+def fingerprint_raw_events(root: str, data: DataConfig) -> str:
+    """Return a fingerprint of the raw event files that ``data`` selects (names, sizes, mtimes)."""
+    files = [p.path for d in data.domains for p in list_partitions(Path(root), f"{d}/events", data.first_day, data.last_day)]
+    return io.fingerprint_obj([io.fingerprint_files(files), config_to_dict(data)])

@@ -1,0 +1,151 @@
+"""Model stages: split the sessions by protocol, train one model, evaluate one model, write the comparison."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqrec import columns as C
+from seqrec import io
+from seqrec.config import EvaluationConfig, SeqrecConfig, config_to_dict
+
+
+def split_sessions(sessions_path: str, cfg: EvaluationConfig, out_dir: str) -> dict[str, Any]:
+    """Split sessionized events by the configured protocol and save the four data sets."""
+    from seqrec.evaluation.splits import split_by_time, split_leave_one_out
+
+    events = io.read_table(sessions_path)
+    split = split_by_time(events, cfg.test_days, cfg.valid_days) if cfg.protocol == "session" else split_leave_one_out(events)
+    return save_split(split, out_dir)
+
+
+def save_split(split, out_dir: str) -> dict[str, Any]:
+    """Write a Split's data sets (.npz), dropped events and report; return their paths."""
+    out = Path(out_dir)
+    paths = {part: str(io.save_sessions(getattr(split, part), out / f"{part}.npz")) for part in ("train", "valid", "train_full", "test")}
+    io.write_table(split.dropped.astype({C.SESSION: str, C.ITEM: str}), out / "dropped.parquet")
+    io.write_json(split.report, out / "report.json")
+    return {"protocol": split.protocol, "paths": paths, "report": split.report, "split_dir": str(out)}
+
+
+def train_model(name: str, split_dir: str, cfg: SeqrecConfig, out_dir: str, embeddings_path: str | None = None) -> dict[str, Any]:
+    """Train model ``name`` on the split's train_full part and save it.
+
+    Neural models first pick their epoch count by early stopping on ``valid`` (trained on
+    ``train`` only, so selection never sees its own validation data), then retrain on
+    ``train_full`` for that many epochs. Every model ends up on the same vocabulary, so all
+    are ranked on exactly the same test targets.
+    """
+    from seqrec.models.factory import NEURAL, build_model
+    from seqrec.serving.recommend import save_model
+
+    out, split = Path(out_dir), Path(split_dir)
+    train_full = io.load_sessions(split / "train_full.npz")
+    start = time.perf_counter()
+    selection: dict[str, Any] = {}
+    if name in NEURAL and cfg.training.patience > 0:
+        cfg, selection = select_epochs(name, split, cfg, out, embeddings_path)
+    ckpt = checkpoint_path(out, name, split / "train_full.npz", cfg, embeddings_path)
+    model = build_model(name, cfg, checkpoint_path=ckpt)
+    if embeddings_path and name in NEURAL:
+        warm_start(model, embeddings_path, train_full)
+    model.fit(train_full)
+    seconds = time.perf_counter() - start
+    path = save_model(model, out / f"{name}.pt")
+    ckpt.unlink(missing_ok=True)  # the finished model replaces the resume point
+    history = history_of(model)
+    io.write_json({"history": history, "selection": selection}, out / f"{name}.history.json")
+    return {"model": name, "path": str(path), "train_seconds": round(seconds, 2), "train_events": train_full.n_events,
+            "history": history, "selection": selection, "warm_start": bool(embeddings_path and name in NEURAL)}
+
+
+def checkpoint_path(out: Path, name: str, data: Path, cfg: SeqrecConfig, embeddings_path: str | None) -> Path:
+    """Return a resume checkpoint path unique to the training data, model config and warm start."""
+    key = io.fingerprint_obj([io.fingerprint_files([data], content=True), config_to_dict(cfg.models),
+                              config_to_dict(cfg.training), embeddings_path])
+    return out / "checkpoints" / f"{name}-{key}.ckpt"
+
+
+def select_epochs(name: str, split: Path, cfg: SeqrecConfig, out: Path, embeddings_path: str | None) -> tuple[SeqrecConfig, dict]:
+    """Return the config with the model's epochs set by early stopping on valid, and the selection record."""
+    from seqrec.config import build_config
+    from seqrec.models.factory import build_model
+
+    train, valid = io.load_sessions(split / "train.npz"), io.load_sessions(split / "valid.npz")
+    if valid.n_sessions == 0:
+        return cfg, {"skipped": "validation part is empty"}
+    ckpt = checkpoint_path(out, f"{name}.select", split / "train.npz", cfg, embeddings_path)
+    probe = build_model(name, cfg, checkpoint_path=ckpt)
+    if embeddings_path:
+        warm_start(probe, embeddings_path, train)
+    probe.fit(train, valid)
+    ckpt.unlink(missing_ok=True)
+    hist = probe.history.to_dict()
+    best = max(int(hist["best_epoch"]) + 1, 1)
+    tuned = build_config(cfg.model_dump(mode="json"), {"models": {name: {"epochs": best}}})
+    return tuned, {"best_epoch": best, "metric": hist["metric_name"], "valid_metric": hist["valid_metric"]}
+
+
+def warm_start(model, embeddings_path: str, train) -> None:
+    """Initialise a neural model's item embeddings from saved InfoNCE vectors, aligned to the vocab."""
+    from seqrec.features.embeddings import ItemEmbeddings
+
+    emb = ItemEmbeddings.load(embeddings_path)
+    aligned = np.zeros((train.vocab.size + 1, emb.vectors.shape[1]), dtype=np.float32)
+    idx = emb.vocab.encode(train.vocab.ids[1:])
+    aligned[1:][idx > 0] = emb.vectors[idx[idx > 0]]
+    if model.name == "gru4rec":
+        model.init_item_embeddings(aligned, train.vocab)
+    else:
+        model.init_item_embeddings(aligned)
+
+
+def history_of(model) -> dict[str, Any]:
+    """Return a model's training history as a dict (empty for count-based models)."""
+    hist = getattr(model, "history", None)
+    if hist is None:
+        losses = getattr(model, "losses", None)
+        return {"loss": list(map(float, losses))} if losses else {}
+    if isinstance(hist, list):
+        return {"loss": [float(h.get("loss", float("nan"))) for h in hist], "epochs": hist}
+    return hist.to_dict()
+
+
+def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfig, part: str = "test") -> dict[str, Any]:
+    """Evaluate a saved model on the split's ``part`` under the configured protocol."""
+    from seqrec.evaluation.metrics import evaluate_model
+    from seqrec.serving.recommend import load_model
+    from seqrec.sequences import reencode_sessions
+
+    model = load_model(model_path)
+    data = io.load_sessions(Path(split_dir) / f"{part}.npz")
+    train = io.load_sessions(Path(split_dir) / ("train_full.npz" if part == "test" else "train.npz"))
+    data, reenc = reencode_sessions(data, model.vocab)  # a no-op when the model trained on this split
+    start = time.perf_counter()
+    targets = "all" if cfg.protocol == "session" else "last"
+    result = evaluate_model(model, data, cfg, targets=targets, train_support=model_support(train, model.vocab))
+    out = result.to_dict()
+    out.update(model=model.name, label=model.label(), part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3))
+    return out
+
+
+def model_support(train, vocab) -> np.ndarray:
+    """Return the training support of every item of ``vocab`` (index 0 = padding)."""
+    counts = train.item_support()
+    idx = train.vocab.encode(vocab.ids[1:])
+    return np.concatenate([[0], np.where(idx > 0, counts[idx], 0)]).astype(np.int64)
+
+
+def write_model_report(results: list[dict[str, Any]], out_dir: str, title: str = "Model comparison") -> dict[str, Any]:
+    """Write the comparison report (markdown, HTML, JSON) and return its paths."""
+    from seqrec.evaluation.comparison import render_comparison_html, render_comparison_markdown
+
+    protocol = results[0]["protocol"] if results else {}
+    out = Path(out_dir)
+    md = io.write_text(render_comparison_markdown(results, protocol, title), out / "models.md")
+    page = io.write_text(render_comparison_html(results, protocol, title), out / "models.html")
+    data = io.write_json(results, out / "models.json")
+    return {"markdown": str(md), "html": str(page), "json": str(data)}

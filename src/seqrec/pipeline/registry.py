@@ -1,0 +1,59 @@
+"""Registry stages: evaluate a saved version on the split of this run (aligned to its vocabulary)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from seqrec import io
+from seqrec.evaluation.metrics import as_scores, evaluate_model
+from seqrec.models.base import Recommender
+from seqrec.pipeline.models import evaluate_trained_model
+from seqrec.sequences import PAD, ItemVocab, reencode_sessions
+from seqrec.serving.recommend import load_model
+
+
+class VocabAligned(Recommender):
+    """A fitted model scoring in another vocabulary: unknown input items enter as padding,
+    items the model does not know score -inf (a miss when they are the target)."""
+
+    def __init__(self, model: Recommender, vocab: ItemVocab):
+        self.model, self.vocab, self.name = model, vocab, model.name
+        self.to_model = np.concatenate([[PAD], model.vocab.encode(vocab.ids[1:])]).astype(np.int64)  # (V + 1,)
+        self.unknown = self.to_model == PAD  # (V + 1,), padding included
+
+    def fit(self, train, valid=None) -> "VocabAligned":
+        """Refuse: an aligned view only scores."""
+        raise NotImplementedError("VocabAligned wraps a fitted model; it cannot be trained")
+
+    def realign(self, scores) -> np.ndarray:
+        """Return the model's scores (B, V_model + 1) as (B, V + 1) in this vocabulary."""
+        out = np.asarray(as_scores(scores), dtype=np.float32)[:, self.to_model]  # (B, V + 1)
+        out[:, self.unknown] = -np.inf
+        return out
+
+    def score_steps(self, items: np.ndarray, lengths: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield realigned scores after each position."""
+        for scores in self.model.score_steps(self.to_model[items], lengths):
+            yield self.realign(scores)
+
+    def score_last(self, items: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Return realigned scores after each row's full prefix."""
+        return self.realign(self.model.score_last(self.to_model[items], lengths))
+
+
+def evaluate_version(model_path: str, split_dir: str, cfg, part: str = "valid") -> dict[str, Any]:
+    """Evaluate a saved model on a split part; a model of another vocabulary is aligned to the split's."""
+    model, train = load_model(model_path), io.load_sessions(Path(split_dir) / "train.npz")
+    data_path = Path(split_dir) / f"{part}.npz"
+    stamp = {"model_path": str(model_path), "data_fingerprint": io.fingerprint_files([data_path], content=True)}
+    if np.array_equal(np.asarray(model.vocab.ids, dtype=str), np.asarray(train.vocab.ids, dtype=str)):
+        return {**evaluate_trained_model(model_path, split_dir, cfg, part=part), **stamp, "aligned": None}
+    aligned = VocabAligned(model, train.vocab)
+    data, reenc = reencode_sessions(io.load_sessions(data_path), train.vocab)
+    targets = "all" if cfg.protocol == "session" else "last"
+    result = evaluate_model(aligned, data, cfg, targets=targets, train_support=train.item_support()).to_dict()
+    counts = {"split_items_unknown_to_model": int(aligned.unknown[1:].sum()), "model_items": model.vocab.size}
+    return {**result, **stamp, "model": model.name, "part": part, "reencoding": reenc, "aligned": counts}

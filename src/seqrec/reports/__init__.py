@@ -1,1 +1,0 @@
-"""Report renderers: self-contained HTML pages and Markdown digests built from plain frames."""

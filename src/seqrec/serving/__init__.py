@@ -1,0 +1,1 @@
+"""Serving: recommendations (exact top-k), the model registry, the live dashboard."""
