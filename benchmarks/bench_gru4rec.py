@@ -24,7 +24,8 @@ from torch import nn
 from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig
 from seqrec.evaluation.metrics import evaluate_model
 from seqrec.data.importers import import_gru4rec_tsv
-from seqrec.models.gru4rec import GRU4Rec, EpochBatches, SampleStore, build_session_parallel_batches
+from seqrec.models.gru4rec import GRU4Rec
+from seqrec.models.gru4rec_batches import EpochBatches, SampleStore, build_session_parallel_batches
 from seqrec.sequences import build_sessions
 
 # the shared data sets sit next to the project folder; SEQREC_SHARED names another place (a clone elsewhere)

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     qdir = str(run_dir / "quality")
     if not args.no_validate:
         raw = stages.run("validate_raw", lambda: per_day(
-            lambda d: validate_events_day(d, "raw", cfg.quality, qdir, str(root), domains), days, args.workers))
+            lambda d: validate_events_day(d, "raw", cfg.quality, cfg.cleaning, qdir, str(root), domains), days, args.workers))
         stages.figures["validate_raw"]["failed_checks"] = sum(r["failed"] for r in raw)
     cleaned = stages.run("clean", lambda: per_day(
         lambda d: clean_events_day(d, cfg.cleaning, str(run_dir / "clean")), days, args.workers))
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     stages.figures["clean"].update(rows_kept=kept, rows_quarantined=sum(d["rows_quarantined"] for d in cleaned))
     if not args.no_validate:
         gate = stages.run("validate_cleaned", lambda: per_day(
-            lambda d: validate_events_day(d, "cleaned", cfg.quality, qdir, str(root), domains), cleaned, args.workers))
+            lambda d: validate_events_day(d, "cleaned", cfg.quality, cfg.cleaning, qdir, str(root), domains), cleaned, args.workers))
         stages.figures["validate_cleaned"]["failed_checks"] = sum(r["failed"] for r in gate)
     sessions = stages.run("sessionize", lambda: sessionize_events(
         [d["path"] for d in cleaned], cfg.features.sessions, str(run_dir / "features" / "sessions")))

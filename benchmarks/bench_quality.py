@@ -24,7 +24,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from seqrec.quality import validate as Q  # noqa: E402
 from seqrec.quality.cleaning import clean_table  # noqa: E402
-from seqrec.config import CleaningConfig, GeneratorConfig, QualityConfig  # noqa: E402
+from seqrec.config import CleaningConfig, GeneratorConfig, QualityConfig, SuiteParams  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -55,7 +55,8 @@ def run(root: Path, domain: str, workers: int) -> dict:
     tables, scan_s = timed(lambda: [pq.read_table(f) for f in files])
     n = sum(t.num_rows for t in tables)
     frames, to_pandas_s = timed(lambda: {f.stem: t.to_pandas() for f, t in zip(files, tables)})
-    params, table = QualityConfig(workers=workers, on_cleaned_failure="warn"), f"events.{domain}"
+    params = SuiteParams.of(QualityConfig(workers=workers, on_cleaned_failure="warn"), CleaningConfig())
+    table = f"events.{domain}"
     raw, raw_s = timed(lambda: Q.validate_partitions(frames, table, "raw", params))
     cleaned, clean_s = timed(lambda: {k: clean_table(df, table, CleaningConfig()).clean for k, df in frames.items()})
     gate, gate_s = timed(lambda: Q.validate_partitions(cleaned, table, "cleaned", params))

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from seqrec import columns as C  # noqa: E402
 from seqrec import io  # noqa: E402
 from seqrec.data.ingest import day_of  # noqa: E402
+from seqrec.models.factory import model_section  # noqa: E402
 from seqrec.pipeline import models as stages  # noqa: E402
 from seqrec.config import config_to_dict, load_config  # noqa: E402
 
@@ -199,14 +200,15 @@ def session_stats(split_dir: str) -> dict:
 # --------------------------------------------------------------------------- models
 def train_on_train(name: str, split_dir: str, cfg, out: Path) -> dict:
     """Tuning mode: fit on ``train`` (early stopping on ``valid`` for neural models) and save."""
-    from seqrec.models.factory import NEURAL, build_model
+    from seqrec.evaluation.metrics import make_validator
+    from seqrec.models.factory import NEURAL_MODELS, build_model, model_section
     from seqrec.serving.recommend import save_model
 
     train = io.load_sessions(Path(split_dir) / "train.npz")
     valid = io.load_sessions(Path(split_dir) / "valid.npz")
     start = time.perf_counter()
-    model = build_model(name, cfg)
-    model.fit(train, valid) if name in NEURAL else model.fit(train)
+    model = build_model(name, model_section(cfg.models, name), cfg.training)
+    model.fit(train, make_validator(model, valid, cfg.evaluation, cfg.training.valid_metric) if name in NEURAL_MODELS else None)
     seconds = time.perf_counter() - start
     path = save_model(model, out / f"{name}.pt")
     hist = stages.history_of(model)
@@ -217,7 +219,7 @@ def train_on_train(name: str, split_dir: str, cfg, out: Path) -> dict:
 def run_model(name: str, split_dir: str, cfg, mode: str, out: Path) -> dict:
     """Train and evaluate one model; return a flat result row."""
     if mode == "test":
-        trained = stages.train_model(name, split_dir, cfg, str(out))
+        trained = stages.train_model(name, split_dir, model_section(cfg.models, name), cfg.training, cfg.evaluation, str(out))
     else:
         trained = train_on_train(name, split_dir, cfg, out)
     part = "test" if mode == "test" else "valid"

@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from seqrec.config import SeqrecConfig
+from seqrec.models.factory import model_section
 from seqrec.pipeline.data import fingerprint_raw_events
 from seqrec.pipeline.features import fingerprint_sessions
 from seqrec.pipeline.quality import fingerprint_raw_tables
@@ -39,9 +40,10 @@ def ingest_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
 def quality_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Validate the raw tables and every raw event day partition (in parallel): findings, not gates."""
     code, out, root = code_version(), stage_dir(config, "quality"), ingested["root"]
-    days = [bind(Q.validate_events_day, config).submit(d, "raw", config.quality, out, code, root, config.data.domains)
-            for d in ingested["days"]]
-    tables = bind(Q.validate_tables, config)(root, fingerprint_raw_tables(root), "raw", config.quality, config.data, out, code)
+    days = [bind(Q.validate_events_day, config).submit(d, "raw", config.quality, config.cleaning, out, code, root,
+                                                       config.data.domains) for d in ingested["days"]]
+    tables = bind(Q.validate_tables, config)(root, fingerprint_raw_tables(root), "raw", config.quality, config.cleaning,
+                                             config.data, out, code)
     return {"days": [d.result() for d in days], "tables": tables}
 
 
@@ -53,9 +55,10 @@ def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     days = [f.result() for f in futures]
     fp = fingerprint_raw_tables(root)
     tables = bind(Q.clean_tables, config)(root, fp, config.cleaning, config.data, out, code)
-    gates = [bind(Q.validate_events_day, config).submit(d, "cleaned", config.quality, qdir, code, root, config.data.domains)
-             for d in days]
-    checked = bind(Q.validate_tables, config)(tables["clean_root"], fp, "cleaned", config.quality, config.data, qdir, code, root)
+    gates = [bind(Q.validate_events_day, config).submit(d, "cleaned", config.quality, config.cleaning, qdir, code, root,
+                                                        config.data.domains) for d in days]
+    checked = bind(Q.validate_tables, config)(tables["clean_root"], fp, "cleaned", config.quality, config.cleaning,
+                                              config.data, qdir, code, root)
     cleaned = {"days": days, "tables": tables, "gates": [g.result() for g in gates], "checked_tables": checked}
     cleaned["report"] = Q.write_quality_report(qdir, cleaned, stage_dir(config, "reports"))
     return cleaned
@@ -84,8 +87,9 @@ def train_flow(features: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     code = code_version()
     split = bind(M.split_sessions, config)(features["sessions"]["sessions"], features["fingerprint"], config.evaluation,
                                            stage_dir(config, "split"), code)
-    emb = features.get("embeddings", {}).get("path") if config.features.warm_start else None
-    futures = [bind(M.train_model, config).submit(name, split, config, stage_dir(config, "models"), code, emb)
+    emb = features.get("embeddings", {}).get("path")
+    futures = [bind(M.train_model, config).submit(name, split, model_section(config.models, name), config.training,
+                                                  config.evaluation, stage_dir(config, "models"), code, emb)
                for name in config.models.names]
     return {"split": split, "trained": [f.result() for f in futures]}
 

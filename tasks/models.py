@@ -6,7 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from seqrec.pipeline import models as stages
-from seqrec.config import EvaluationConfig, SeqrecConfig
+from seqrec.config import EvaluationConfig, Section, TrainingConfig
 from seqrec.evaluation.comparison import comparison_rows
 from tasks.common import CACHE, LONG_TIMEOUT_S
 
@@ -17,19 +17,17 @@ def split_sessions(sessions_path: str, fingerprint: str, cfg: EvaluationConfig, 
     return stages.split_sessions(sessions_path, cfg, out_dir)
 
 
-@task(name="train_model", **CACHE, timeout_seconds=LONG_TIMEOUT_S, tags=["gpu"])
-def train_model(name: str, split: dict, cfg: SeqrecConfig, out_dir: str, code: str, embeddings_path: str | None = None) -> dict:
-    """Return the trained model's file, training time and history."""
-    return stages.train_model(name, split["split_dir"], cfg, out_dir, embeddings_path)
+@task(name="train_model", **CACHE, timeout_seconds=LONG_TIMEOUT_S, tags=["gpu"], task_run_name="train_model-{name}")
+def train_model(name: str, split: dict, section: Section | None, training: TrainingConfig, evaluation: EvaluationConfig,
+                out_dir: str, code: str, embeddings_path: str | None = None) -> dict:
+    """Return the trained model's file, training time and history (only its own section is in the cache key)."""
+    return stages.train_model(name, split["split_dir"], section, training, evaluation, out_dir, embeddings_path)
 
 
 @task(name="evaluate_model", **CACHE, timeout_seconds=LONG_TIMEOUT_S)
 def evaluate_model(trained: dict, split: dict, cfg: EvaluationConfig, code: str) -> dict:
     """Return full-ranking metrics (and breakdowns) of one trained model on the test part."""
-    result = stages.evaluate_trained_model(trained["path"], split["split_dir"], cfg)
-    result["train_seconds"] = trained["train_seconds"]
-    result["history"] = trained.get("history", {})
-    return result
+    return stages.evaluate_trained(trained, split["split_dir"], cfg)
 
 
 @task(name="write_model_report")

@@ -11,17 +11,17 @@ from tasks.common import CACHE, IO_RETRIES
 
 
 @task(name="validate_events_day", **CACHE, task_run_name="validate_events_day-{stage}-{day[day]}")
-def validate_events_day(day: dict, stage: str, quality: QualityConfig, out_dir: str, code: str,
+def validate_events_day(day: dict, stage: str, quality: QualityConfig, cleaning: CleaningConfig, out_dir: str, code: str,
                         raw_root: str | None = None, domains: tuple[str, ...] = ("marketplace",)) -> dict:
     """Return the check summary of one event day partition (raw: findings; cleaned: gate)."""
-    return SQ.validate_events_day(day, stage, quality, out_dir, raw_root, domains)
+    return SQ.validate_events_day(day, stage, quality, cleaning, out_dir, raw_root, domains)
 
 
 @task(name="validate_tables", **CACHE, **IO_RETRIES, task_run_name="validate_tables-{stage}")
-def validate_tables(table_root: str, fingerprint: str, stage: str, quality: QualityConfig, data: DataConfig,
-                    out_dir: str, code: str, raw_root: str | None = None) -> dict:
+def validate_tables(table_root: str, fingerprint: str, stage: str, quality: QualityConfig, cleaning: CleaningConfig,
+                    data: DataConfig, out_dir: str, code: str, raw_root: str | None = None) -> dict:
     """Return the check summary of the users, brands, items, payments, receipts and reviews tables."""
-    return SQ.validate_tables(table_root, stage, quality, data, out_dir, raw_root)
+    return SQ.validate_tables(table_root, stage, quality, cleaning, data, out_dir, raw_root)
 
 
 @task(name="clean_events_day", **CACHE, task_run_name="clean_events_day-{day[day]}")

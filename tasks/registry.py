@@ -5,18 +5,16 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from seqrec.config import EvaluationConfig, SeqrecConfig, config_to_dict
 from seqrec.pipeline import registry as P
 from seqrec.serving import registry as R
-from seqrec.config import EvaluationConfig, SeqrecConfig, config_to_dict
 from tasks.common import IO_RETRIES
 
 
 @task(name="current_version", **IO_RETRIES)
 def current_version(registry: str) -> dict | None:
     """Return the registry's current version (name, model, model file), or None before the first."""
-    version = R.current_version(registry)
-    return None if version is None else {"version": version.name, "model": version.meta["model"],
-                                         "model_path": str(version.model_path)}
+    return P.current_version_info(registry)
 
 
 @task(name="evaluate_version", task_run_name="evaluate_version-{part}")
@@ -29,13 +27,7 @@ def evaluate_version(model_path: str, split: dict, cfg: EvaluationConfig, part: 
 def register_version(registry: str, results: list[dict], metric: str, config: SeqrecConfig, data_fingerprint: str,
                      current: dict | None, baseline: dict | None) -> dict:
     """Return the registered version of the best candidate on validation data, with the index chosen."""
-    chosen = R.select_best(results, metric)
-    best = results[chosen]
-    compared = None if current is None else {"version": current["version"], "metrics": baseline["metrics"],
-                                             "valid_fingerprint": baseline["data_fingerprint"]}
-    version = R.register_version(registry, [best["model_path"]], best["model"], config_to_dict(config),
-                                 data_fingerprint, best["metrics"], best["data_fingerprint"], compared)
-    return {"version": version.name, "chosen": chosen, "model": best["model"]}
+    return P.register_best(registry, results, metric, config_to_dict(config), data_fingerprint, current, baseline)
 
 
 @task(name="promote_if_not_worse")
@@ -48,9 +40,7 @@ def promote_if_not_worse(registry: str, version: str, metric: str) -> bool:
 def publish_model_comparison(results: list[dict], baseline: dict | None, current: dict | None, registered: dict,
                              promoted: bool, metric: str) -> str:
     """Return the candidate-vs-current markdown table; publish it and the rows as artifacts."""
-    now = None if current is None else {**current, "metrics": baseline["metrics"]}
-    rows = R.comparison_rows(results, now, metric, registered["chosen"], promoted)
-    markdown = R.render_comparison_markdown(rows, registered["version"], promoted, metric)
+    rows, markdown = P.compare_with_current(results, baseline, current, registered, promoted, metric)
     create_table_artifact(rows, key="retrain-comparison", description=f"Candidates vs current on validation data ({metric})")
     create_markdown_artifact(markdown, key="retrain-decision")
     return markdown

@@ -11,7 +11,7 @@ import pytest
 
 from seqrec import columns as C
 from seqrec.quality.cleaning import CleanStep, clean_table, count_reasons, retention_by_table, write_quarantine
-from seqrec.config import CleaningConfig, GeneratorConfig, QualityConfig
+from seqrec.config import CleaningConfig, GeneratorConfig, QualityConfig, SuiteParams
 
 CFG = CleaningConfig()
 
@@ -115,9 +115,11 @@ def test_write_quarantine_round_trip(tmp_path):
     assert counts.to_dict("records") == [{"table": "items.retail", "reason": "missing price", "rows": 2}]
 
 
-def test_quality_and_cleaning_agree_on_keys():
-    for family, keys in CleaningConfig().dedupe_keys.items():
-        assert QualityConfig().unique_keys[family] == keys
+def test_the_suites_check_the_keys_and_sentinel_that_cleaning_uses():
+    cleaning = CleaningConfig(dedupe_keys={"users": ("user_id", "region")}, int_sentinel=-7)
+    params = SuiteParams.of(QualityConfig(), cleaning)
+    assert params.unique_keys == {"users": ("user_id", "region")} and params.int_sentinel == -7
+    assert params.code_ranges == QualityConfig().code_ranges  # the quality section passes through
 
 
 # --------------------------------------------------------------------------- generated data

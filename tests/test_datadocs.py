@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from seqrec.config import QualityConfig
+from seqrec.config import CleaningConfig, QualityConfig, SuiteParams
 from seqrec.quality.datadocs import ASSETS, DataDocsError, check_integrity, copy_asset, localise_cdn_urls
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -103,7 +103,7 @@ def site(tmp_path_factory):
 
     frames = {"users": pd.DataFrame({"user_id": [1, 2, 3], "socdem_cluster": [0, 4, 21], "region": [1, 2, 90]}),
               "brands": pd.DataFrame({"brand_id": [7.0, 7.0, None]})}
-    index = build_data_docs(frames, "raw", QualityConfig(), tmp_path_factory.mktemp("docs"))
+    index = build_data_docs(frames, "raw", SuiteParams.of(QualityConfig(), CleaningConfig()), tmp_path_factory.mktemp("docs"))
     return index.parent
 
 

@@ -14,11 +14,16 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 from expectations import suites as S  # noqa: E402
 from seqrec.quality import validate as Q  # noqa: E402
 from seqrec.quality.cleaning import clean_table  # noqa: E402
-from seqrec.config import CleaningConfig, DefectRates, GeneratorConfig, QualityConfig  # noqa: E402
+from seqrec.config import CleaningConfig, DefectRates, GeneratorConfig, QualityConfig, SuiteParams  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_EVENTS = DATA / "tecd_marketplace" / "events"
-PARAMS = QualityConfig()
+PARAMS = SuiteParams.of(QualityConfig(), CleaningConfig())
+
+
+def params(**quality) -> SuiteParams:
+    """Return the suites' parameters of a quality section with ``quality`` set, under the default cleaning policy."""
+    return SuiteParams.of(QualityConfig(**quality), CleaningConfig())
 
 
 def events_frame() -> pd.DataFrame:
@@ -54,7 +59,7 @@ def test_every_table_builds_a_suite_with_parameterised_thresholds():
 
 
 def test_thresholds_come_from_config_per_stage():
-    cfg = QualityConfig(mostly={"users.region": 0.98}, cleaned_mostly={"users.region": 0.5}, min_receipt_linkage=0.05)
+    cfg = params(mostly={"users.region": 0.98}, cleaned_mostly={"users.region": 0.5}, min_receipt_linkage=0.05)
     region = next(c for c in S.list_checks("users", "raw", cfg) if c.name == "region")
     assert S.threshold_of("users", region, "raw", cfg) == 0.98
     assert S.threshold_of("users", region, "cleaned", cfg) == 0.5
@@ -77,7 +82,7 @@ def test_events_raw_pass_counts_each_defect():
 
 
 def test_mostly_parameter_changes_the_outcome_not_the_suite():
-    lenient = QualityConfig(mostly={"events.marketplace.subdomain": 0.6})
+    lenient = params(mostly={"events.marketplace.subdomain": 0.6})
     r = by_check(Q.validate_table(events_frame(), "events.marketplace", "raw", lenient, REFS))
     assert r["subdomain"].success and r["subdomain"].threshold == 0.6
     assert r["subdomain"].observed == pytest.approx(4 / 6)
@@ -107,7 +112,7 @@ def test_cleaned_failure_raises_naming_table_check_column_and_values():
         Q.validate_table(users, "users", "cleaned", PARAMS)
     message = str(err.value)
     assert "users" in message and "socdem_cluster" in message and "observed 0.75 vs threshold 1.0" in message
-    warned = Q.validate_table(users, "users", "cleaned", QualityConfig(on_cleaned_failure="warn"))
+    warned = Q.validate_table(users, "users", "cleaned", params(on_cleaned_failure="warn"))
     assert len(warned.warnings) == 1 and "socdem_cluster" in warned.warnings[0]
 
 

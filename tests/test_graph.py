@@ -14,16 +14,8 @@ import scipy.sparse as sp
 
 from seqrec import columns as C
 from seqrec.config import GraphConfig
-from seqrec.features.graph import (
-    RECEIPT_ITEM,
-    TRANSACTION,
-    SessionOrderError,
-    build_cooccurrence_graph,
-    check_runs,
-    graph_stats,
-    load_item_graph,
-    plot_degree_distribution,
-)
+from seqrec.features.cooccurrence import RECEIPT_ITEM, TRANSACTION, SessionOrderError, check_runs
+from seqrec.features.graph import build_cooccurrence_graph, graph_stats, load_item_graph, plot_degree_distribution
 
 
 def sessions_of(*lists: str) -> pd.DataFrame:

@@ -10,8 +10,11 @@ import torch
 
 from seqrec.config import Gru4RecConfig, TrainingConfig
 from seqrec.io import load_checkpoint, save_checkpoint
-from seqrec.models.gru4rec import (GRU4Rec, Gru4RecNet, SampleStore, bpr_loss, bpr_max_loss, build_session_parallel_batches,
-                                   cross_entropy_loss, logq_correction, top1_loss, top1_max_loss)
+from seqrec.config import EvaluationConfig
+from seqrec.evaluation.metrics import make_validator
+from seqrec.models.gru4rec import (GRU4Rec, bpr_loss, bpr_max_loss, cross_entropy_loss, logq_correction,
+                                   top1_loss, top1_max_loss)
+from seqrec.models.gru4rec_batches import SampleStore, build_session_parallel_batches
 from seqrec.sequences import ItemVocab, SessionDataset
 
 torch.set_num_threads(1)
@@ -195,7 +198,8 @@ def test_adamw_with_dense_gradients_trains():
 
 
 def test_fit_with_validation_records_the_metric():
-    model = GRU4Rec(SMALL.model_copy(update={"epochs": 2}), TRAIN).fit(cycle_sessions(200), cycle_sessions(30, seed=2))
+    model = GRU4Rec(SMALL.model_copy(update={"epochs": 2}), TRAIN)
+    model.fit(cycle_sessions(200), make_validator(model, cycle_sessions(30, seed=2), EvaluationConfig(), "recall@20"))
     assert len(model.history.valid_metric) == 2 and model.history.valid_metric[-1] > 0.5
     assert model.history.best_epoch in (0, 1)
 
@@ -269,18 +273,6 @@ def test_one_epoch_on_yoochoose_sample_is_far_above_popularity():
     model = GRU4Rec(Gru4RecConfig(epochs=1, n_sample=512), TRAIN).fit(train)
     recall = evaluate_model(model, test, EvaluationConfig(cutoffs=(20,)), targets="all").metrics["recall@20"]
     assert recall > 0.4  # popularity: 0.089 (GRU4REC.md); 10 epochs reach ~0.68
-
-
-def test_checkpoints_with_separate_output_bias_still_load():
-    # earlier checkpoints stored Wy (V, h) and By (V, 1) apart; they load into the fused Wyb (V, h + 1)
-    net = Gru4RecNet(SMALL, 12)
-    state = net.state_dict()
-    fused = state.pop("Wyb")
-    state["Wy"], state["By"] = fused[:, :-1] + 1.0, fused[:, -1:] + 2.0
-    other = Gru4RecNet(SMALL, 12)
-    other.load_state_dict(state)
-    torch.testing.assert_close(other.Wy, fused[:, :-1] + 1.0)
-    torch.testing.assert_close(other.By, fused[:, -1:] + 2.0)
 
 
 @pytest.mark.parametrize("embedding,layers", [("constrained", 1), ("separate", 2), ("onehot", 1)])

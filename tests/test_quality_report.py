@@ -15,7 +15,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from seqrec.quality import validate as Q  # noqa: E402
 from seqrec.quality.cleaning import clean_table, count_reasons  # noqa: E402
-from seqrec.config import CleaningConfig, QualityConfig  # noqa: E402
+from seqrec.config import CleaningConfig, QualityConfig, SuiteParams  # noqa: E402
 from seqrec.quality.report import render_quality_markdown, render_quality_report  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -28,7 +28,7 @@ def report_inputs():
         "users": pd.DataFrame({"user_id": [1, 2, 3, 4], "socdem_cluster": [1.0, np.nan, 3.0, 4.0], "region": [1, 2, 3, 4]}),
         "brands": pd.DataFrame({"brand_id": [7, 7, 8], "embedding": [np.ones(300), np.ones(300), np.ones(300)]}),
     }
-    params = QualityConfig(on_cleaned_failure="warn")
+    params = SuiteParams.of(QualityConfig(on_cleaned_failure="warn"), CleaningConfig())
     results = [clean_table(df, t, CleaningConfig()) for t, df in frames.items()]
     clean = {r.table: r.clean for r in results}
     raw = Q.summarise_validations([Q.validate_table(df, t, "raw", params) for t, df in frames.items()])

@@ -101,13 +101,14 @@ def test_empty_day_range_is_an_error_naming_directory_and_range(tecd_root: Path)
         load_events(tecd_root, DataConfig(domains=("marketplace", "retail")))
 
 
-def test_retail_action_spelling_normalised_and_domains_merged(tecd_root: Path) -> None:
+def test_retail_action_spelling_kept_as_read_and_domains_merged(tecd_root: Path) -> None:
+    # the reader keeps spellings as read; cleaning maps them by cleaning.action_aliases (one setting, one place)
     rows = [(4.0, 5, "fmcg_1", "main", "added-to-cart", "ios"), (6.0, 5, "fmcg_1", "other", "order", "ios")]
     write_day(tecd_root, "retail/events", 100, event_table(100, rows))
     res = load_events(tecd_root, DataConfig(domains=("marketplace", "retail"), first_day=100, last_day=100))
     ev = res.events
     assert ev[C.USER].tolist() == [7, 5, 2, 9, 5]
-    assert ev[C.ACTION].tolist() == ["like", "added_to_cart", "click", "view", "order"]
+    assert ev[C.ACTION].tolist() == ["like", "added-to-cart", "click", "view", "order"]
     assert ev[C.DOMAIN].tolist() == ["marketplace", "retail", "marketplace", "marketplace", "retail"]
 
 

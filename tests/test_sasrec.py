@@ -220,19 +220,14 @@ def test_warm_start_dimension_mismatch_errors_or_projects():
     np.testing.assert_allclose(np.corrcoef(emb[1:, 0], low_rank[1:, 0])[0, 1] ** 2, 1.0, atol=1e-4)
 
 
-def test_warm_start_needs_a_vocabulary_before_fit():
-    with pytest.raises(ValueError, match="pass the vocabulary"):
-        SASRec(TINY, CPU).init_item_embeddings(np.zeros((N_ITEMS + 1, TINY.dim)))
-
-
 def test_fit_with_validation_records_the_metric_and_keeps_the_best_epoch():
-    pytest.importorskip("seqrec.evaluation.metrics")
     from seqrec.config import EvaluationConfig
+    from seqrec.evaluation.metrics import make_validator
 
     data = make_dataset(cycle_sessions(120))
     cfg = TINY.model_copy(update={"epochs": 4})
-    model = SASRec(cfg, CPU.model_copy(update={"valid_metric": "recall@1"}), EvaluationConfig(protocol="loo"))
-    model.fit(data, valid=make_dataset(cycle_sessions(40, seed=1)))
+    model = SASRec(cfg, CPU.model_copy(update={"valid_metric": "recall@1"}))
+    model.fit(data, make_validator(model, make_dataset(cycle_sessions(40, seed=1)), EvaluationConfig(protocol="loo"), "recall@1"))
     metrics = model.history.valid_metric
     assert len(metrics) == 4 and model.history.best_epoch == int(np.argmax(metrics))
     assert max(metrics) > 0.5  # next item on the cycle from a one-epoch-old model onwards

@@ -12,8 +12,9 @@ from torch import nn
 
 from seqrec.config import TrainingConfig
 from seqrec.io import load_checkpoint
-from seqrec.models.training import (AdagradMomentum, CheckpointMismatch, TrainingHistory, fit_epochs, resolve_device,
-                             set_seed, warm_start_embedding)
+from seqrec.models.kernels import AdagradMomentum
+from seqrec.models.neural import warm_start_embedding
+from seqrec.models.training import CheckpointMismatch, TrainingHistory, fit_epochs, resolve_device, set_seed
 
 torch.set_num_threads(1)
 CPU = TrainingConfig(device="cpu", progress=False, seed=3, patience=0, checkpoint_every_steps=1000)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from seqrec.config import ConfigError, SeqrecConfig, load_config
+from seqrec.config import MODEL_NAMES, NEURAL_MODELS, ConfigError, SeqrecConfig, load_config
 
 EPILOG = """Configuration: every command accepts --config FILE.yaml and repeated --set key.path=value
 (e.g. --set training.device=cpu --set models.gru4rec.hidden=64). Unknown keys are an error.
@@ -70,6 +70,19 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     return {"root": str(out), **summary}
 
 
+def load_flow(name: str):
+    """Return the flow the orchestration layer registers as entry point ``name`` of group ``seqrec.flows``.
+
+    The library never imports ``flows``; the flows plug themselves in (pyproject.toml).
+    """
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="seqrec.flows", name=name)
+    if not found:
+        raise RuntimeError(f"no entry point '{name}' in group 'seqrec.flows': install seqrec with its flows (make install)")
+    return next(iter(found)).load()
+
+
 def cmd_run(args: argparse.Namespace) -> dict:
     """Run the whole pipeline as a Prefect flow."""
     extra = {"data": {"root": str(args.data)}} if args.data else {}
@@ -77,10 +90,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
     from seqrec.pipeline.runlock import run_lock
 
     with run_lock(cfg.output.run_dir):  # a second run on the same run directory is refused, not interleaved
-        from flows.pipeline import pipeline_flow
-
         start = time.perf_counter()
-        result = pipeline_flow(config=cfg)
+        result = load_flow("pipeline")(config=cfg)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -147,12 +158,17 @@ def protocol_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> dict:
     """Train one named model on user files; save the model and the split next to it."""
+    from seqrec.models.factory import model_section
     from seqrec.pipeline import models as stage
 
-    cfg = config_from(args, protocol_overrides(args))
+    warm = {"models": {args.model: {"init_from_embeddings": True}}} if args.embeddings else {}
+    if args.embeddings and args.model not in NEURAL_MODELS:
+        raise ConfigError(f"--embeddings warm-starts {' and '.join(NEURAL_MODELS)}, not {args.model}")
+    cfg = config_from(args, {**protocol_overrides(args), **warm})
     out = Path(args.out)
     split = stage.save_split(build_split(args, cfg), str(out / "split"))
-    return stage.train_model(args.model, split["split_dir"], cfg, str(out), args.embeddings)
+    section = model_section(cfg.models, args.model)
+    return stage.train_model(args.model, split["split_dir"], section, cfg.training, cfg.evaluation, str(out), args.embeddings)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
@@ -229,7 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqrec", description="Raw e-commerce event logs to trained next-item recommenders.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (add_run_commands, add_data_commands, add_model_commands, add_serving_commands):
+        add(sub)
+    return parser
 
+
+def add_run_commands(sub) -> None:
+    """Add `generate` (synthetic data) and `run` (the whole pipeline as a Prefect flow)."""
     p = sub.add_parser("generate", help="write a synthetic T-ECD root (layout, schemas, defects)", epilog=EPILOG)
     add_common(p)
     p.add_argument("--out", type=Path, help="root directory to write (default: <run dir>/data)")
@@ -245,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="T-ECD root to read (default: generate data)")
     p.set_defaults(func=cmd_run)
 
+
+def add_data_commands(sub) -> None:
+    """Add the data stages: `load`, `import`, `validate`, `clean`, `features`."""
     p = sub.add_parser("load", help="load a T-ECD root's events into canonical per-day parquet (Dask)")
     add_common(p)
     p.add_argument("root", type=Path, help="T-ECD root (…/dataset/small)")
@@ -275,9 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_features)
 
+
+def add_model_commands(sub) -> None:
+    """Add `train` and `evaluate` for one named model on your own files."""
     p = sub.add_parser("train", help="train a named model on your data (GRU4Rec TSV, `user item` lines, parquet)")
     add_common(p)
-    p.add_argument("model", choices=["popularity", "spop", "markov", "itemknn", "sknn", "bprmf", "gru4rec", "sasrec"])
+    p.add_argument("model", choices=MODEL_NAMES)
     p.add_argument("--train", type=Path, required=True, help="training events (or all events, split by --protocol)")
     p.add_argument("--test", type=Path, help="test events when already split (GRU4Rec train/test TSVs)")
     p.add_argument("--format", choices=["auto", "gru4rec", "user-item", "parquet"], default="auto")
@@ -298,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", choices=["full", "sampled"], help="sampled = paper comparison only (labelled)")
     p.set_defaults(func=cmd_evaluate)
 
+
+def add_serving_commands(sub) -> None:
+    """Add `recommend` (top-K for sessions in a file) and `dashboard` (live replay)."""
     p = sub.add_parser("recommend", help="top-K recommendations for sessions in a file")
     add_common(p)
     p.add_argument("model", type=Path)
@@ -313,7 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("-k", type=int, default=20, help="list length K for HR@K / MRR@K")
     p.set_defaults(func=cmd_dashboard)
-    return parser
 
 
 def known_errors() -> tuple[type[BaseException], ...]:

@@ -61,6 +61,23 @@ def test_valid_metric_outside_cutoffs_is_a_config_error():
         load_config(None, ["training.valid_metric=recall@50", "evaluation.cutoffs=[5, 10]"])
 
 
+@pytest.mark.parametrize("off", ["features.build_embeddings=false", "features.build_graph=false"])
+def test_warm_start_without_embeddings_is_a_config_error(off):
+    key = off.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"models.sasrec.init_from_embeddings=true .*{key}=false"):
+        load_config(None, ["models.names=[sasrec]", "models.sasrec.init_from_embeddings=true", off])
+    load_config(None, ["models.names=[gru4rec]", "models.sasrec.init_from_embeddings=true", off])  # sasrec not trained: fine
+
+
+def test_train_with_init_from_embeddings_but_no_embeddings_names_the_key(tmp_path):
+    from seqrec.config import SasRecConfig, TrainingConfig, EvaluationConfig
+    from seqrec.pipeline.models import train_model
+
+    with pytest.raises(ConfigError, match="models.sasrec.init_from_embeddings=true but no item embeddings"):
+        train_model("sasrec", str(tmp_path), SasRecConfig(init_from_embeddings=True), TrainingConfig(), EvaluationConfig(),
+                    str(tmp_path / "out"))
+
+
 def test_missing_data_root_is_named_resolved(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, ["data.root=raw/../nowhere"])

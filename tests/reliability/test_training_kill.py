@@ -30,7 +30,7 @@ import numpy as np
 import torch
 torch.set_num_threads(1)
 from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig
-from seqrec.evaluation.metrics import evaluate_model
+from seqrec.evaluation.metrics import evaluate_model, make_validator
 from seqrec.models.gru4rec import GRU4Rec
 from seqrec.sequences import ItemVocab, SessionDataset
 
@@ -57,7 +57,8 @@ cfg = Gru4RecConfig(hidden=16, batch_size=8, n_sample=8, sample_store=1000, epoc
 training = TrainingConfig(device="cpu", progress=False, seed=1, patience=0, threads=1, checkpoint_every_steps=5,
                           valid_metric="recall@5")
 ev = EvaluationConfig(cutoffs=(1, 5, 10), batch_size=64)
-model = Counted(cfg, training, ev, checkpoint_path=ckpt).fit(cycles(100, 0), cycles(30, 1))
+model = Counted(cfg, training, checkpoint_path=ckpt)
+model.fit(cycles(100, 0), make_validator(model, cycles(30, 1), ev, "recall@5"))
 test = evaluate_model(model, cycles(40, 2), ev)
 with open(out, "w") as fh:
     json.dump({"steps_run": model.steps_run, "steps_per_epoch": model.batch_stats["steps"],

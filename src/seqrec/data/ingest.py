@@ -21,7 +21,8 @@ from seqrec import columns as C
 from seqrec import io
 from seqrec.config import DataConfig, config_to_dict
 from seqrec.data import reader
-from seqrec.data.reader import EVENT_ARROW_SCHEMA, sort_event_table
+from seqrec.data.reader import sort_event_table
+from seqrec.data.schemas import EVENT_ARROW_SCHEMA
 
 
 def day_of(timestamps: pd.Series) -> np.ndarray:

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from seqrec import columns as C
 from seqrec.config import DataConfig
+from seqrec.data.schemas import EVENT_SOURCE_COLUMNS, PartitionError, canonical_events, check_event_schema, to_int64
 from seqrec.io import fingerprint_files
 
 if TYPE_CHECKING:
@@ -38,19 +39,6 @@ log = logging.getLogger(__name__)
 DAY_FILE = re.compile(r"^(\d+)\.pq$")
 RETRY_BACKOFF_S = 0.05  # first wait after a transient OSError; doubles on each retry
 MISSING_EMBEDDING_LEN = -1  # ``<col>_len`` of a null embedding (0 means an empty list)
-INT64_MAX = np.iinfo(np.int64).max
-ACTION_ALIASES = {"added-to-cart": "added_to_cart"}  # retail spelling seen in the wild [3rd]
-EVENT_SOURCE_COLUMNS = (C.TIMESTAMP, C.USER, C.ITEM, C.SUBDOMAIN, C.ACTION, C.OS)
-EVENT_ARROW_SCHEMA = pa.schema(
-    [(C.TIMESTAMP, pa.int64()), (C.USER, pa.int64())]
-    + [(name, pa.large_string()) for name in C.CANONICAL_EVENT_COLUMNS[2:]]
-)
-
-
-class PartitionError(ValueError):
-    """A partition (or table directory) is missing, unreadable or has the wrong schema."""
-
-
 @dataclass(frozen=True)
 class Partition:
     """One day file of a partitioned table."""
@@ -117,24 +105,6 @@ def list_partitions(root: Path, table: str, first_day: int | None, last_day: int
 
 
 # --------------------------------------------------------------------------- per-partition work
-def _is_text(t: pa.DataType) -> bool:
-    """Return whether ``t`` holds strings (plain, large or dictionary-encoded)."""
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
-# Accepted Arrow types per event column, and the type the T-ECD files use (named in errors).
-EVENT_TYPES: dict[str, tuple[Callable[[pa.DataType], bool], str]] = {
-    C.TIMESTAMP: (pa.types.is_duration, "duration[us]"),
-    C.USER: (pa.types.is_integer, "uint64"),
-    C.ITEM: (_is_text, "large_string"),
-    C.SUBDOMAIN: (lambda t: _is_text(t) or pa.types.is_null(t), "large_string"),
-    C.ACTION: (_is_text, "large_string"),
-    C.OS: (lambda t: _is_text(t) or pa.types.is_null(t), "large_string"),
-}
-
-
 def with_retries(read: Callable[[], Any], rel: str, retries: int) -> Any:
     """Return ``read()``, retrying transient OSErrors; raise PartitionError naming ``rel`` otherwise."""
     for attempt in range(retries + 1):
@@ -146,51 +116,6 @@ def with_retries(read: Callable[[], Any], rel: str, retries: int) -> Any:
             time.sleep(RETRY_BACKOFF_S * 2**attempt)
         except pa.ArrowException as err:
             raise PartitionError(f"{rel}: corrupt parquet: {err}") from err
-
-
-def check_event_schema(schema: pa.Schema, rel: str) -> None:
-    """Raise PartitionError naming ``rel`` and the column if ``schema`` is not an event schema."""
-    for name, (accepts, expected) in EVENT_TYPES.items():
-        if name not in schema.names:
-            raise PartitionError(f"{rel}: column '{name}' is missing (columns: {schema.names})")
-        if not accepts(schema.field(name).type):
-            raise PartitionError(f"{rel}: column '{name}' has type {schema.field(name).type}, expected {expected}")
-
-
-def to_int64(column: pa.ChunkedArray, rel: str, name: str) -> pa.ChunkedArray:
-    """Return an integer or duration column as int64 (durations in microseconds); overflow is an error."""
-    if pa.types.is_duration(column.type):
-        return column.cast(pa.duration("us")).cast(pa.int64())
-    if pa.types.is_uint64(column.type) and column.null_count < len(column):
-        top = pc.max(column).as_py()
-        if top > INT64_MAX:
-            raise PartitionError(f"{rel}: column '{name}' value {top} exceeds int64 max {INT64_MAX}")
-    return column.cast(pa.int64())
-
-
-def constant_strings(value: str, n: int) -> pa.Array:
-    """Return a large_string array of ``n`` copies of ``value``, built from buffers (pa.repeat is ~10x slower)."""
-    raw = value.encode()
-    offsets = np.arange(n + 1, dtype=np.int64) * len(raw)  # (n + 1,)
-    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(raw * n))
-
-
-def canonical_events(table: pa.Table, domain: str, rel: str) -> pa.Table:
-    """Return a raw event partition as a table with EVENT_ARROW_SCHEMA."""
-    action = table[C.ACTION].cast(pa.large_string())
-    for alias, name in ACTION_ALIASES.items():
-        if pc.any(pc.equal(action, alias)).as_py():
-            action = pc.if_else(pc.equal(action, alias), pa.scalar(name, pa.large_string()), action)
-    cols = {
-        C.TIMESTAMP: to_int64(table[C.TIMESTAMP], rel, C.TIMESTAMP),
-        C.USER: to_int64(table[C.USER], rel, C.USER),
-        C.ITEM: table[C.ITEM].cast(pa.large_string()),
-        C.DOMAIN: constant_strings(domain, table.num_rows),
-        C.ACTION: action,
-        C.SUBDOMAIN: table[C.SUBDOMAIN].cast(pa.large_string()),
-        C.OS: table[C.OS].cast(pa.large_string()),
-    }
-    return pa.table(cols, schema=EVENT_ARROW_SCHEMA)
 
 
 def read_event_partition(part: Partition, rel: str, domain: str, retries: int) -> pa.Table:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -359,3 +359,13 @@ def evaluate_model(
         build_breakdowns(records, data, cfg.cutoffs, train_support),
         describe_protocol(cfg, targets, exclude, data, ranker),
     )
+
+
+def make_validator(model: Recommender, valid: SessionDataset, cfg: EvaluationConfig, metric: str) -> Callable[[], float]:
+    """Return a callable giving ``metric`` of ``model`` on ``valid`` under ``cfg``: what neural training stops on."""
+    def validate() -> float:
+        if not np.array_equal(valid.vocab.ids, model.vocab.ids):
+            raise ValueError(f"{type(model).__name__}: the validation data is encoded with another item vocabulary than train")
+        return evaluate_model(model, valid, cfg).metrics[metric]
+
+    return validate

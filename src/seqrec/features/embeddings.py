@@ -61,6 +61,13 @@ class ItemEmbeddings:
             vocab = ItemVocab(z["ids"].astype(object))
             return cls(z["vectors"], vocab, json.loads(str(z["history"])))
 
+    def aligned_to(self, vocab: ItemVocab) -> np.ndarray:
+        """Return the vectors as rows of ``vocab`` (n + 1, dim) float32: zeros for padding and for items without a vector."""
+        aligned = np.zeros((vocab.size + 1, self.vectors.shape[1]), dtype=np.float32)
+        idx = self.vocab.encode(vocab.ids[1:])  # (n,) 0 where unknown
+        aligned[1:][idx > 0] = self.vectors[idx[idx > 0]]
+        return aligned
+
 
 class ItemEncoder(nn.Module):
     """Embedding table (index 0 = padding) followed by a 2-layer MLP projection head."""
@@ -100,7 +107,7 @@ def info_nce_loss(
     b = F.normalize(b.to(dtype), dim=-1)  # (B, D)
     logits = a @ b.T / temperature  # (B, B): logits[i, j] = cos(a_i, b_j) / t
     target = torch.arange(len(a), device=a.device)  # (B,) the positive is on the diagonal
-    # cross_entropy's fused log-softmax backward is ~1.5x faster on CPU than logsumexp's
+    # cross_entropy's fused log-softmax backward is cheaper on CPU than logsumexp's (BENCHMARKS.md)
     a_to_b = F.cross_entropy(mask_duplicates(logits, b_ids), target)  # a_i against every b_j
     b_to_a = F.cross_entropy(mask_duplicates(logits, a_ids).T, target)  # b_j against every a_i (masks are symmetric)
     return (a_to_b + b_to_a) / 2

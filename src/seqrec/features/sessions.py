@@ -14,7 +14,6 @@ one session. Filters (item support, then session length) drop events into
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,8 +138,7 @@ def assign_sessions(parts: list[pd.DataFrame], cfg: SessionConfig) -> tuple[pd.D
     for i, part in enumerate(parts):
         check_event_columns(part, f"partition {i}")
     gap_us = gap_micros(cfg)
-    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-        local = list(pool.map(lambda part: local_sessions(part, gap_us), parts))
+    local = [local_sessions(part, gap_us) for part in parts]
     tables = [sess for _, sess in local]
     root, stitched = stitch_sessions(tables, gap_us)
     final = number_sessions(tables, root)

@@ -20,7 +20,7 @@ with ``seqrec.serving.topk.DotProductIndex`` without materialising the full scor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ from seqrec.sequences import ItemVocab, SessionDataset
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
+Validate = Callable[[], float]  # the validation metric of the model being trained; higher is better
+
 
 class Recommender(ABC):
     """A next-item model over a fixed item vocabulary."""
@@ -39,8 +41,12 @@ class Recommender(ABC):
     vocab: ItemVocab | None = None  # set by fit (or from_state_dict): dense index -> original id
 
     @abstractmethod
-    def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "Recommender":
-        """Train on ``train`` (``valid`` only for early stopping); return self."""
+    def fit(self, train: SessionDataset, validate: Validate | None = None) -> "Recommender":
+        """Train on ``train``; return self.
+
+        ``validate()`` returns the model's validation metric (higher is better); models that train
+        in epochs call it after each one to stop early and keep the best epoch, the others ignore it.
+        """
 
     @abstractmethod
     def score_steps(self, items: np.ndarray, lengths: np.ndarray) -> Iterator[np.ndarray]:

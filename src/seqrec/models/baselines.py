@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from seqrec.config import ItemKnnConfig, SessionKnnConfig
-from seqrec.models.base import Recommender
+from seqrec.models.base import Recommender, Validate
 from seqrec.sequences import SessionDataset
 
 
@@ -139,7 +139,7 @@ class Popularity(LastItemModel):
 
     name = "popularity"
 
-    def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "Popularity":
+    def fit(self, train: SessionDataset, validate: Validate | None = None) -> "Popularity":
         """Count training events per item; return self."""
         self.fit_support(train)
         return self
@@ -200,7 +200,7 @@ class Markov(LastItemModel):
     name = "markov"
     transitions: sp.csr_matrix | None = None
 
-    def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "Markov":
+    def fit(self, train: SessionDataset, validate: Validate | None = None) -> "Markov":
         """Count consecutive item pairs in training sessions; return self."""
         self.fit_support(train)
         self.transitions = count_transitions(train)
@@ -241,7 +241,7 @@ class ItemKNN(LastItemModel):
     def __init__(self, cfg: ItemKnnConfig | None = None) -> None:
         self.cfg = cfg or ItemKnnConfig()
 
-    def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "ItemKNN":
+    def fit(self, train: SessionDataset, validate: Validate | None = None) -> "ItemKNN":
         """Compute the top-``neighbours`` similarity matrix; return self."""
         self.fit_support(train)
         self.similarity = item_cosine(train, self.cfg)
@@ -296,7 +296,7 @@ class SessionKNN(CountModel):
     def __init__(self, cfg: SessionKnnConfig | None = None) -> None:
         self.cfg = cfg or SessionKnnConfig()
 
-    def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "SessionKNN":
+    def fit(self, train: SessionDataset, validate: Validate | None = None) -> "SessionKNN":
         """Store the binary session-item matrix; return self."""
         self.fit_support(train)
         self.sessions = session_item_matrix(train)  # (S, V + 1), rows in start order

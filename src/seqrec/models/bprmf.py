@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from seqrec.config import BprMfConfig
-from seqrec.models.base import Recommender
+from seqrec.models.base import Recommender, Validate
 from seqrec.sequences import SessionDataset
 
 
@@ -63,7 +63,7 @@ class BPRMF(Recommender):
         penalty = (p.pow(2) + qi.pow(2) + qj.pow(2)).sum(1) + bi.pow(2) + bj.pow(2)  # (B,)
         return -F.logsigmoid(x).mean() + self.cfg.reg * penalty.mean()
 
-    def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "BPRMF":
+    def fit(self, train: SessionDataset, validate: Validate | None = None) -> "BPRMF":
         """Train with BPR for ``cfg.epochs`` epochs over all training events; return self."""
         self.vocab = train.vocab
         if train.n_events == 0:

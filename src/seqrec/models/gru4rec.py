@@ -9,7 +9,9 @@
 * Losses: cross-entropy with logQ correction, BPR-max (+ ``bpreg``), TOP1-max, BPR, TOP1.
 * Embeddings: ``onehot`` (a GRU input-weight row per item), ``separate``, ``constrained``
   (the output item matrix Wy is the input embedding too).
-* Adagrad with momentum on touched rows (``seqrec.models.training.AdagradMomentum``), or AdamW.
+* Adagrad with momentum on touched rows (``seqrec.models.kernels.AdagradMomentum``), or AdamW.
+
+The batching lives in ``gru4rec_batches.py`` and the row-sparse speed machinery in ``kernels.py``.
 
 Accidental hits (a sampled negative equal to the target) are not masked, as in the papers;
 pairwise losses exclude only the positive's own column (the diagonal).
@@ -18,7 +20,6 @@ pairwise losses exclude only the positive's own column (the diagonal).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -26,84 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqrec.config import EvaluationConfig, Gru4RecConfig, TrainingConfig, config_to_dict
-from seqrec.models.base import Recommender
+from seqrec.config import Gru4RecConfig
+from seqrec.models.gru4rec_batches import EpochBatches, SampleStore, build_session_parallel_batches
+from seqrec.models.kernels import AdagradMomentum, gather_rows
+from seqrec.models.neural import NeuralRecommender, Validate
 from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength, with_first
-from seqrec.sequences import PAD, ItemVocab, SessionDataset
-from seqrec.models.training import (make_validator, neural_state, AdagradMomentum, autocast_for, configure_threads, fit_epochs, resolve_device,
-                             set_seed, use_amp, warm_start_embedding)
-
-
-# --------------------------------------------------------------------------- batching
-@dataclass(frozen=True)
-class SessionParallelBatches:
-    """Per-step index arrays of one epoch of session-parallel training.
-
-    Tail policy (as in the papers' implementation): the epoch ends at the first step after
-    which an emptied slot cannot be refilled; the remaining events of the other slots'
-    sessions are not trained on in that epoch (their count is ``unused_pairs``).
-    """
-
-    inputs: np.ndarray  # (S, B) item fed to each slot at step t
-    targets: np.ndarray  # (S, B) next item, the slot's positive
-    resets: np.ndarray  # (S, B) bool: the slot's hidden state is zeroed before step t
-    short_sessions: int  # sessions of length 1: no training pair
-    unused_pairs: int  # pairs of sessions cut by the tail policy
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.inputs)
-
-
-def build_session_parallel_batches(data: SessionDataset, batch_size: int) -> SessionParallelBatches:
-    """Return the session-parallel step arrays for ``data`` in its (start-time) session order."""
-    usable = np.flatnonzero(data.lengths >= 2)  # length-1 sessions give no pair
-    if len(usable) < batch_size:
-        raise ValueError(f"GRU4Rec: {len(usable)} sessions of length >= 2 cannot fill batch_size={batch_size} slots")
-    pos = data.offsets[usable[:batch_size]].copy()  # (B,) current event per slot
-    end = data.offsets[usable[:batch_size] + 1].copy()  # (B,) one past the slot's last event
-    reset = np.ones(batch_size, dtype=bool)
-    nxt, ins, tgts, resets = batch_size, [], [], []
-    while True:
-        ins.append(data.items[pos]), tgts.append(data.items[pos + 1]), resets.append(reset)
-        pos = pos + 1
-        done = np.flatnonzero(pos + 1 >= end)  # slots whose session has no pair left
-        if len(done) > len(usable) - nxt:
-            break
-        new = usable[nxt : nxt + len(done)]
-        pos[done], end[done], nxt = data.offsets[new], data.offsets[new + 1], nxt + len(done)
-        reset = np.zeros(batch_size, dtype=bool)
-        reset[done] = True
-    unused = int((end - pos - 1).clip(min=0).sum() + (data.lengths[usable[nxt:]] - 1).sum())
-    return SessionParallelBatches(np.stack(ins), np.stack(tgts), np.stack(resets),
-                                  int((data.lengths == 1).sum()), unused)
-
-
-class SampleStore:
-    """Item indices drawn ∝ support^alpha, ``size`` at a time, served ``n`` per step; refilled when used up."""
-
-    def __init__(self, support: np.ndarray, alpha: float, size: int, n: int, seed: tuple[int, ...]):
-        weights = np.asarray(support, dtype=np.float64) ** alpha
-        weights[0] = 0.0  # never sample padding
-        weights[np.asarray(support) == 0] = 0.0  # 0**0 == 1: items unseen in training stay out
-        if weights.sum() <= 0:
-            raise ValueError("SampleStore: every item has zero support; nothing to sample")
-        self.cdf = np.cumsum(weights) / weights.sum()  # (V + 1,)
-        self.size, self.n = max(size, n), n
-        self.rng = np.random.default_rng(list(seed))
-        self.store, self.pos = torch.zeros(0, dtype=torch.int64), 0
-
-    def draw(self, count: int) -> np.ndarray:
-        """Return ``count`` fresh samples (int64) from the distribution."""
-        idx = np.searchsorted(self.cdf, self.rng.random(count), side="right")
-        return np.minimum(idx, len(self.cdf) - 1).astype(np.int64)
-
-    def take(self) -> torch.Tensor:
-        """Return the next ``n`` items (int64 tensor) of the store, refilling it first if too few are left."""
-        if self.pos + self.n > len(self.store):
-            self.store, self.pos = torch.from_numpy(self.draw(self.size)), 0
-        self.pos += self.n
-        return self.store[self.pos - self.n : self.pos]
+from seqrec.models.training import autocast_for, configure_threads, use_amp
+from seqrec.sequences import PAD, SessionDataset
 
 
 # --------------------------------------------------------------------------- losses
@@ -163,52 +93,7 @@ def logq_correction(log_support: torch.Tensor, out_items: torch.Tensor, n_batch:
     return corr
 
 
-class RowGather(torch.autograd.Function):
-    """weight[rows] for distinct sorted rows; backward writes a coalesced row-sparse gradient into weight.grad.
-
-    Autograd's own accumulation would drop the "coalesced" flag and make the optimiser re-sort
-    the rows every step, so the gradient is accumulated here (added when one already exists).
-    """
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows)
-        ctx.weight = weight
-        return weight.index_select(0, rows)  # (R, D)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (rows,) = ctx.saved_tensors
-        w = ctx.weight
-        g = torch.sparse_coo_tensor(rows[None], grad.to(w.dtype), w.shape, is_coalesced=True, check_invariants=False)
-        w.grad = g if w.grad is None else w.grad + g
-        return None, None
-
-
-def distinct_rows(items: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (sorted distinct items (R,), position of each item among them (N,)), like torch.unique."""
-    if n_rows > 64 * len(items):  # large catalogue: sorting the few items is cheaper than a bitmap
-        return torch.unique(items, return_inverse=True)
-    seen = torch.zeros(n_rows, dtype=torch.bool, device=items.device).index_fill_(0, items, True)  # (V,)
-    rows = seen.nonzero()[:, 0]  # (R,) sorted
-    lookup = torch.empty(n_rows, dtype=torch.int64, device=items.device)
-    lookup.index_copy_(0, rows, torch.arange(len(rows), device=items.device))  # (V,) row -> position
-    return rows, lookup.index_select(0, items)
-
-
-def gather_rows(weight: torch.Tensor, items: torch.Tensor, sparse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (rows (R, D), positions (N,)) with rows[positions] == weight[items]; row-sparse gradient with ``sparse``."""
-    rows, inverse = distinct_rows(items, weight.shape[0])  # sorted distinct rows, (N,) positions
-    return (RowGather.apply(weight, rows) if sparse else weight.index_select(0, rows)), inverse
-
-
 # --------------------------------------------------------------------------- network
-def merge_output_bias(module, state_dict, prefix, *args) -> None:
-    """Load-state hook: checkpoints with separate ``Wy`` (V, h) and ``By`` (V, 1) load into ``Wyb``."""
-    if prefix + "Wy" in state_dict and prefix + "Wyb" not in state_dict:
-        state_dict[prefix + "Wyb"] = torch.cat([state_dict.pop(prefix + "Wy"), state_dict.pop(prefix + "By")], 1)
-
-
 def uniform_init(*shape: int, fan_in: int, fan_out: int) -> nn.Parameter:
     """Return a parameter drawn from U(-sqrt(6/(fan_in+fan_out)), +sqrt(...))."""
     bound = math.sqrt(6.0 / (fan_in + fan_out))
@@ -230,7 +115,6 @@ class Gru4RecNet(nn.Module):
         # (V, h + 1): the output item matrix Wy and its bias By in one parameter, so a training step
         # gathers, back-propagates and updates the rows it touches once for both
         self.Wyb = nn.Parameter(torch.cat([uniform_init(v, h, fan_in=v, fan_out=h).data, torch.zeros(v, 1)], 1))
-        self.register_load_state_dict_pre_hook(merge_output_bias)
         self.repeat = nn.Parameter(torch.zeros(h + 1)) if cfg.repeat_bias else None  # (h + 1,) beta(h) = w.h + c
         self.repeat_head = RepeatHead(h, cfg.repeat_window) if cfg.repeat_mixture else None
         if cfg.embedding == "onehot":
@@ -335,54 +219,22 @@ class Gru4RecNet(nn.Module):
 
 
 # --------------------------------------------------------------------------- the recommender
-class EpochBatches:
-    """One epoch's steps as device tensors (x (B,), y (B,), reset (B,), negatives (n_sample,))."""
-
-    def __init__(self, steps: tuple[torch.Tensor, torch.Tensor, torch.Tensor], store: SampleStore | None):
-        self.steps, self.store = steps, store
-        self.empty = torch.zeros(0, dtype=torch.int64, device=steps[0].device)
-
-    def __len__(self) -> int:
-        return len(self.steps[0])
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        x, y, reset = self.steps  # (S, B) each
-        for t in range(len(x)):
-            neg = self.empty if self.store is None else self.store.take().to(x.device)  # (n_sample,)
-            yield x[t], y[t], reset[t], neg
-
-
-class GRU4Rec(Recommender):
+class GRU4Rec(NeuralRecommender):
     """GRU4Rec trained with session-parallel mini-batches and sampled outputs; scores the full catalogue."""
 
     name = "gru4rec"
+    config_class = Gru4RecConfig
+    batch_stats: dict[str, int] = {}
 
-    def __init__(self, cfg: Gru4RecConfig, training: TrainingConfig, eval_cfg: EvaluationConfig | None = None,
-                 *, checkpoint_path=None, device: torch.device | None = None):
-        self.cfg, self.training, self.eval_cfg = cfg, training, eval_cfg
-        self.checkpoint_path = checkpoint_path
-        self.device = device or resolve_device(training)
-        self.vocab: ItemVocab | None = None
-        self.net: Gru4RecNet | None = None
-        self.history = None
-        self.batch_stats: dict[str, int] = {}
+    def make_net(self, n_items: int) -> Gru4RecNet:
+        """Return a new GRU4Rec network for ``n_items`` items."""
+        return Gru4RecNet(self.cfg, n_items)
 
-    def build_net(self, vocab: ItemVocab) -> Gru4RecNet:
-        """Return the network for ``vocab``, creating it (seeded) on first use."""
-        if self.net is not None:
-            if not np.array_equal(self.vocab.ids, vocab.ids):
-                raise ValueError(f"GRU4Rec was built for {self.vocab.size} items; got a vocabulary of {vocab.size} other items")
-            return self.net
-        set_seed(self.training.seed)
-        self.vocab, self.net = vocab, Gru4RecNet(self.cfg, vocab.size).to(self.device)
-        return self.net
-
-    def init_item_embeddings(self, matrix: np.ndarray, vocab: ItemVocab) -> int:
-        """Warm-start the input item vectors from ``matrix`` (rows aligned to ``vocab``); return rows set."""
-        net = self.build_net(vocab)
+    def item_embedding(self) -> nn.Parameter:
+        """Return the input item vectors (E, or Wy when constrained); one-hot inputs have none."""
         if self.cfg.embedding == "onehot":
             raise ValueError("GRU4Rec: embedding='onehot' has no item embedding to warm-start; use separate/constrained")
-        return warm_start_embedding(net.input_weights(), matrix, mode=self.cfg.init_projection)
+        return self.net.input_weights()
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """Return the configured optimiser over the network's parameters."""
@@ -391,14 +243,11 @@ class GRU4Rec(Recommender):
             return AdagradMomentum(self.net.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         return torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
-    def make_validate(self, valid: SessionDataset | None):
-        """Return a callable giving ``training.valid_metric`` on ``valid``, or None without it."""
-        return make_validator(self, valid, self.eval_cfg, self.training.valid_metric)
-
-    def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "GRU4Rec":
-        """Train for ``cfg.epochs`` (early stopping on valid when given); return self."""
+    def fit(self, train: SessionDataset, validate: Validate | None = None) -> "GRU4Rec":
+        """Train for ``cfg.epochs`` (early stopping on ``validate()`` when given); return self."""
         configure_threads(self.training)
-        net, c = self.build_net(train.vocab), self.cfg
+        self.build_net(train.vocab)
+        c = self.cfg
         plan = build_session_parallel_batches(train, c.batch_size)
         self.batch_stats = {"steps": plan.n_steps, "short_sessions": plan.short_sessions, "unused_pairs": plan.unused_pairs}
         steps = tuple(torch.as_tensor(a, device=self.device) for a in (plan.inputs, plan.targets, plan.resets))
@@ -417,11 +266,8 @@ class GRU4Rec(Recommender):
             store = SampleStore(support, c.sample_alpha, size, c.n_sample, (self.training.seed, epoch)) if c.n_sample else None
             return EpochBatches(steps, store)
 
-        self.history = fit_epochs(
-            net, self.make_optimizer(), make_batches, self.train_step, self.training, c.epochs,
-            validate=self.make_validate(valid), checkpoint_path=self.checkpoint_path,
-            extra_state={"config": {**config_to_dict(c), "seed": self.training.seed}, "vocab": [str(i) for i in self.vocab.ids]},
-            loss_reduction="sum", get_loop_state=self.loop_state, set_loop_state=self.set_loop_state)
+        self.fit_network(self.make_optimizer(), make_batches, self.train_step, validate,
+                         loss_reduction="sum", get_loop_state=self.loop_state, set_loop_state=self.set_loop_state)
         return self
 
     def loop_state(self) -> dict:
@@ -545,19 +391,3 @@ class GRU4Rec(Recommender):
             scores = self.net.score_all(self.query_vectors(items, lengths), prefix).float()  # (B, V)
         scores[:, 0] = -math.inf
         return scores.cpu().numpy()
-
-    def state_dict(self) -> dict:
-        """Return config dicts, vocabulary ids (list[str]) and CPU weights."""
-        return neural_state(self)
-
-    @classmethod
-    def from_state_dict(cls, state: dict, device: torch.device | None = None) -> "GRU4Rec":
-        """Return a fitted GRU4Rec rebuilt from ``state_dict()`` (on ``device``, default from its config)."""
-        if state.get("name") != cls.name:
-            raise ValueError(f"state is for model {state.get('name')!r}, not {cls.name!r}")
-        ev = EvaluationConfig.model_validate(state["evaluation"]) if state.get("evaluation") else None
-        model = cls(Gru4RecConfig.model_validate(state["config"]), TrainingConfig.model_validate(state["training"]), ev, device=device)
-        model.vocab = ItemVocab(np.array(state["vocab"], dtype=object))
-        model.net = Gru4RecNet(model.cfg, model.vocab.size).to(model.device)
-        model.net.load_state_dict(state["net"])
-        return model

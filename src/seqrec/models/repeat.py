@@ -24,9 +24,8 @@ A third, scoring-only option combines with either (or with none):
 * ``repeat_first``: the items of the session rank ahead of every other item, by their count in
   the session, ties broken by the model's own scores (with the bias or mixture when on); the
   rest follow in the model's order. S-POP's rule for the session's items, the model for the rest
-  and for S-POP's ties. Nothing is trained for it; choose it on validation data (on the real
-  marketplace validation part the count order measured Recall@20 / MRR@20 0.4324 / 0.1154 where
-  the model's order gave 0.4163 / 0.1052 and the repeat head's attention alone 0.3977 / 0.0935).
+  and for S-POP's ties. Nothing is trained for it; choose it on validation data (BENCHMARKS.md
+  compares the orders on the real marketplace validation part).
 """
 
 from __future__ import annotations

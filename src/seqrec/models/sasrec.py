@@ -18,7 +18,6 @@ that every transition is trained once (``"slide"``). Scoring sees the last ``max
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -26,21 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqrec.config import EvaluationConfig, SasRecConfig, TrainingConfig, config_to_dict
-from seqrec.models.base import Recommender
+from seqrec.config import SasRecConfig
+from seqrec.models.neural import NeuralRecommender, Validate
 from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength, with_first
-from seqrec.sequences import PAD, ItemVocab, SessionDataset
-from seqrec.models.training import (
-    make_validator,
-    neural_state,
-    TrainingHistory,
-    autocast_for,
-    configure_threads,
-    fit_epochs,
-    resolve_device,
-    set_seed,
-    warm_start_embedding,
-)
+from seqrec.models.training import autocast_for, configure_threads
+from seqrec.sequences import PAD, SessionDataset
 
 
 # --------------------------------------------------------------------------- network
@@ -229,41 +218,23 @@ class WindowBatches:
 
 
 # --------------------------------------------------------------------------- model
-class SASRec(Recommender):
+class SASRec(NeuralRecommender):
     """SASRec behind the ``Recommender`` interface, built from its config sections."""
 
     name = "sasrec"
+    config_class = SasRecConfig
+    log_q: torch.Tensor | None = None  # (V + 1,) log sampling probability of each negative, set by fit
 
-    def __init__(self, cfg: SasRecConfig, training: TrainingConfig = TrainingConfig(), eval_cfg: EvaluationConfig | None = None,
-                 *, checkpoint_path: Path | str | None = None, device: torch.device | None = None):
-        self.cfg, self.training, self.eval_cfg = cfg, training, eval_cfg
-        self.checkpoint_path = checkpoint_path
-        self.device = device or resolve_device(training)
-        self.vocab: ItemVocab | None = None
-        self.net: SasRecNet | None = None
-        self.history: TrainingHistory | None = None
-        self.log_q: torch.Tensor | None = None
+    def make_net(self, n_items: int) -> SasRecNet:
+        """Return a new SASRec network for ``n_items`` items."""
+        return SasRecNet(n_items, self.cfg)
 
-    # ----------------------------------------------------------------- training
-    def build_net(self, vocab: ItemVocab) -> SasRecNet:
-        """Return the network for ``vocab``, creating it (seeded) on first use."""
-        if self.net is not None:
-            if not np.array_equal(self.vocab.ids, vocab.ids):
-                raise ValueError(f"SASRec was built for {self.vocab.size} items; got a vocabulary of {vocab.size} other items")
-            return self.net
-        set_seed(self.training.seed)
-        self.vocab, self.net = vocab, SasRecNet(vocab.size, self.cfg).to(self.device)
-        return self.net
+    def item_embedding(self) -> nn.Parameter:
+        """Return the input item embeddings (also the output matrix when tied)."""
+        return self.net.item_emb.weight
 
-    def init_item_embeddings(self, matrix: np.ndarray, vocab: ItemVocab | None = None) -> int:
-        """Warm-start item vectors from ``matrix`` (n_items + 1, d), rows by dense index; return rows set."""
-        if vocab is None and self.vocab is None:
-            raise ValueError("SASRec.init_item_embeddings: pass the vocabulary the matrix rows follow (not fitted yet)")
-        net = self.build_net(vocab if vocab is not None else self.vocab)
-        return warm_start_embedding(net.item_emb.weight, matrix, mode=self.cfg.init_projection)
-
-    def fit(self, train: SessionDataset, valid: SessionDataset | None = None) -> "SASRec":
-        """Train on every next-item transition of ``train`` (early stopping on ``valid``); return self."""
+    def fit(self, train: SessionDataset, validate: Validate | None = None) -> "SASRec":
+        """Train on every next-item transition of ``train`` (early stopping on ``validate()``); return self."""
         configure_threads(self.training)
         net, c = self.build_net(train.vocab), self.cfg
         windows = build_training_windows(train, c.max_len + 1, c.long_sequences)  # (N, max_len + 1)
@@ -275,17 +246,10 @@ class SASRec(Recommender):
             order = np.random.default_rng((self.training.seed, epoch)).permutation(len(windows))
             return WindowBatches(windows, order, c.batch_size, self.device)
 
-        self.history = fit_epochs(
-            net, torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay), make_batches,
-            self.train_step, self.training, c.epochs, validate=self.make_validate(valid),
-            checkpoint_path=self.checkpoint_path,
-            extra_state={"config": {**config_to_dict(c), "seed": self.training.seed}, "vocab": [str(i) for i in self.vocab.ids]})
+        self.fit_network(torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay), make_batches,
+                         self.train_step, validate)
         net.eval()
         return self
-
-    def make_validate(self, valid: SessionDataset | None):
-        """Return a callable giving ``training.valid_metric`` on ``valid``, or None without it."""
-        return make_validator(self, valid, self.eval_cfg, self.training.valid_metric)
 
     def negative_log_probs(self, train: SessionDataset) -> torch.Tensor:
         """Return log sampling probabilities of negatives (V + 1,), -inf for padding and unsampled items."""
@@ -386,24 +350,3 @@ class SASRec(Recommender):
             yield self.scores_from_hidden(hidden[:, t], items[:, : t + 1])
         for t in range(M, items.shape[1]):  # beyond max_len each step sees its own last-M window
             yield self.scores_from_hidden(self.score_hidden(items[:, t - M + 1 : t + 1], last_only=True)[:, -1], items[:, : t + 1])
-
-    # ----------------------------------------------------------------- persistence
-    def state_dict(self) -> dict:
-        """Return configs, vocabulary (list[str]) and CPU weights: loadable with ``weights_only=True``."""
-        return {**neural_state(self), "history": self.history.to_dict() if self.history else None}
-
-    @classmethod
-    def from_state_dict(cls, state: dict, device: torch.device | None = None) -> "SASRec":
-        """Return a fitted SASRec from ``state_dict()``, on ``device`` (default: CUDA when present, else CPU)."""
-        if state.get("name") != cls.name:
-            raise ValueError(f"state is for model {state.get('name')!r}, not {cls.name!r}")
-        ev = EvaluationConfig.model_validate(state["evaluation"]) if state.get("evaluation") else None
-        training = TrainingConfig.model_validate(state["training"])
-        device = device or resolve_device(training.model_copy(update={"device": "auto"}))  # trained on GPU, served anywhere
-        model = cls(SasRecConfig.model_validate(state["config"]), training, ev, device=device)
-        model.vocab = ItemVocab(np.array(state["vocab"], dtype=object))
-        model.net = SasRecNet(model.vocab.size, model.cfg).to(device)
-        model.net.load_state_dict(state["net"])
-        model.net.eval()
-        model.history = TrainingHistory.from_dict(state["history"]) if state.get("history") else None
-        return model

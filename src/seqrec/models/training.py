@@ -1,5 +1,5 @@
-"""Training machinery shared by the neural models (GRU4Rec, SASRec): device, seeds, an
-Adagrad-with-momentum optimiser, embedding warm starts, and one resumable fit loop.
+"""Training machinery shared by the neural models (GRU4Rec, SASRec): device, seeds, the training
+history, and one resumable fit loop.
 
 Contract of ``fit_epochs`` (what a model passes in):
 
@@ -15,7 +15,8 @@ Contract of ``fit_epochs`` (what a model passes in):
   ``loss / n_events``; with ``"mean"`` it is already a mean. The loop does zero_grad,
   backward (through a ``GradScaler`` under CUDA AMP), the optimiser step and autocast.
 * ``validate() -> float``: higher is better (``cfg.valid_metric`` on the *validation* split,
-  never test); called after every epoch; drives early stopping (``cfg.patience``).
+  never test; ``seqrec.evaluation.metrics.make_validator`` builds one); called after every
+  epoch; drives early stopping (``cfg.patience``).
 * ``get_loop_state() -> dict[str, Tensor]`` / ``set_loop_state(dict)``: state carried from
   step to step that is neither a parameter nor optimiser state (GRU4Rec's slot hidden
   states); stored in mid-epoch checkpoints. On resume, ``set_loop_state`` is called after
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from seqrec.config import TrainingConfig, config_to_dict
+from seqrec.config import TrainingConfig
 from seqrec.io import load_checkpoint, save_checkpoint, write_figure, write_json
 
 CHECKPOINT_FORMAT = 1
@@ -91,115 +92,6 @@ def configure_threads(cfg: TrainingConfig) -> int:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     return torch.get_num_threads()
-
-
-# --------------------------------------------------------------------------- optimiser
-class AdagradMomentum(torch.optim.Optimizer):
-    """Adagrad whose scaled step feeds a momentum buffer (GRU4Rec's optimiser).
-
-    acc += g²;  v = momentum·v + lr·g / sqrt(acc + eps);  p -= v.
-    Sparse gradients (``F.embedding(..., sparse=True)``) update only the rows they touch:
-    untouched rows keep their accumulator and velocity and do not move.
-    """
-
-    def __init__(self, params, lr: float, momentum: float = 0.0, eps: float = 1e-6, weight_decay: float = 0.0):
-        if lr <= 0 or momentum < 0 or eps <= 0 or weight_decay < 0:
-            raise ValueError(f"AdagradMomentum: bad lr={lr}, momentum={momentum}, eps={eps}, weight_decay={weight_decay}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Apply one update to every parameter with a gradient; return the closure's loss."""
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            dense = []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if p.grad.is_sparse:  # accumulator and velocity side by side: one gather and one scatter per step
-                    if "acc_vel" not in state:
-                        state["acc_vel"] = torch.zeros((p.shape[0], 2, *p.shape[1:]), dtype=p.dtype, device=p.device)
-                    sparse_update(p, p.grad, state["acc_vel"], group)
-                else:
-                    if "acc" not in state:
-                        state["acc"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                        state["vel"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    dense.append(p)
-            if dense:
-                dense_update(dense, [p.grad for p in dense], [self.state[p]["acc"] for p in dense],
-                             [self.state[p]["vel"] for p in dense], group)
-        return loss
-
-
-def dense_update(ps: list, grads: list, accs: list, vels: list, group: dict) -> None:
-    """Update whole parameters in place, all at once (Adagrad step into momentum); returns nothing."""
-    if group["weight_decay"]:
-        grads = torch._foreach_add(grads, ps, alpha=group["weight_decay"])
-    torch._foreach_addcmul_(accs, grads, grads)
-    denoms = torch._foreach_add(accs, group["eps"])
-    torch._foreach_sqrt_(denoms)
-    if group["momentum"]:
-        torch._foreach_mul_(vels, group["momentum"])
-        torch._foreach_addcdiv_(vels, grads, denoms, value=group["lr"])
-        torch._foreach_sub_(ps, vels)
-    else:
-        torch._foreach_addcdiv_(ps, grads, denoms, value=-group["lr"])
-
-
-def sparse_update(p: torch.Tensor, g: torch.Tensor, acc_vel: torch.Tensor, group: dict) -> None:
-    """Update only the rows of ``p`` named by a sparse gradient (duplicates summed); ``acc_vel`` is (V, 2, ...)."""
-    g = g.coalesce()
-    rows, values = g.indices()[0], g.values()  # (R,), (R, ...)
-    if group["weight_decay"]:
-        values = values.add(p.index_select(0, rows), alpha=group["weight_decay"])
-    state = acc_vel.index_select(0, rows)  # (R, 2, ...) accumulator and velocity of the touched rows
-    acc, vel = state[:, 0], state[:, 1]
-    acc.addcmul_(values, values)
-    step = (acc + group["eps"]).rsqrt_().mul_(values).mul_(group["lr"])  # (R, ...)
-    if group["momentum"]:
-        step = vel.mul_(group["momentum"]).add_(step)
-    acc_vel.index_copy_(0, rows, state)
-    p.index_add_(0, rows, step, alpha=-1.0)
-
-
-# --------------------------------------------------------------------------- warm start
-def project_rows(matrix: np.ndarray, dim: int) -> np.ndarray:
-    """Return ``matrix`` (N, d) mapped to (N, dim) by its top principal directions (zeros beyond d)."""
-    x = torch.as_tensor(matrix, dtype=torch.float64)
-    centred = x - x.mean(0, keepdim=True)  # (N, d)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # vh (min(N, d), d)
-    k = min(dim, vh.shape[0])
-    out = torch.zeros(x.shape[0], dim, dtype=torch.float64)
-    out[:, :k] = centred @ vh[:k].T  # (N, k)
-    return out.numpy()
-
-
-def warm_start_embedding(
-    weight: torch.nn.Parameter, matrix: np.ndarray, mode: Literal["project", "error"] = "project", rescale: bool = True
-) -> int:
-    """Copy pretrained rows (aligned to the vocab, row 0 = padding) into ``weight``; return rows set.
-
-    Rows of ``matrix`` that are all zero (no pretrained vector) keep their initial values.
-    Other dims: ``mode="project"`` maps the vectors on their top principal directions,
-    ``"error"`` raises naming both sizes. ``rescale`` matches the std of the existing init so
-    the model's training dynamics (learning rate, activations) stay as configured.
-    """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.ndim != 2 or matrix.shape[0] != weight.shape[0]:
-        raise ValueError(f"warm start: matrix shape {matrix.shape} needs {weight.shape[0]} rows (vocab + padding)")
-    if matrix.shape[1] != weight.shape[1]:
-        if mode == "error":
-            raise ValueError(f"warm start: pretrained dim {matrix.shape[1]} != model embedding dim {weight.shape[1]}")
-        matrix = project_rows(matrix, weight.shape[1])
-    present = np.flatnonzero(np.abs(matrix).sum(1) > 0)
-    present = present[present > 0]  # (P,) never the padding row
-    values = torch.as_tensor(matrix[present], dtype=weight.dtype)  # (P, D)
-    with torch.no_grad():
-        if rescale and len(present) > 1:
-            values = values * (weight.std() / values.std().clamp_min(1e-12))
-        weight[torch.as_tensor(present)] = values.to(weight.device)
-    return int(len(present))
 
 
 # --------------------------------------------------------------------------- history
@@ -440,28 +332,3 @@ def fit_epochs(
     return loop.state.history
 
 
-def neural_state(model) -> dict:
-    """Return a neural model's configs, vocabulary (list[str]) and CPU weights: loadable with ``weights_only=True``."""
-    if model.net is None:
-        raise RuntimeError(f"{type(model).__name__}.state_dict called before fit")
-    return {
-        "name": model.name,
-        "config": config_to_dict(model.cfg),
-        "training": config_to_dict(model.training),
-        "evaluation": config_to_dict(model.eval_cfg) if model.eval_cfg else None,
-        "vocab": [str(i) for i in model.vocab.ids],
-        "net": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
-    }
-
-
-def make_validator(model, valid, eval_cfg, metric: str):
-    """Return a callable giving ``metric`` of ``model`` on ``valid``, or None without validation data."""
-    if valid is None:
-        return None
-    from seqrec.config import EvaluationConfig
-    from seqrec.evaluation.metrics import evaluate_model  # lazy: evaluation is not needed to train or score
-
-    if not np.array_equal(valid.vocab.ids, model.vocab.ids):
-        raise ValueError(f"{type(model).__name__}.fit: valid is encoded with another item vocabulary than train")
-    cfg = eval_cfg or EvaluationConfig()
-    return lambda: evaluate_model(model, valid, cfg).metrics[metric]

@@ -30,7 +30,7 @@ def load_receipts(root: str, data: DataConfig) -> tuple[pd.DataFrame | None, pd.
     return receipts, pd.concat(catalogue) if catalogue else None
 
 
-def build_item_graph(sessions_path: str, root: str, cfg, out_dir: str, data: DataConfig | None = None) -> dict[str, Any]:
+def build_item_graph(sessions_path: str, root: str, cfg: GraphConfig, out_dir: str, data: DataConfig | None = None) -> dict[str, Any]:
     """Build the co-occurrence graph from sessions and receipts; write edges, matrix, stats, plot."""
     from seqrec.features.graph import build_cooccurrence_graph, graph_stats, plot_degree_distribution
 
@@ -42,7 +42,7 @@ def build_item_graph(sessions_path: str, root: str, cfg, out_dir: str, data: Dat
     return {"graph_dir": str(out_dir), "stats": stats, "plot": str(plot)}
 
 
-def train_item_embeddings(graph: dict[str, Any], cfg, training, out_dir: str) -> dict[str, Any]:
+def train_item_embeddings(graph: dict[str, Any], cfg: EmbeddingConfig, training: TrainingConfig, out_dir: str) -> dict[str, Any]:
     """Train InfoNCE item embeddings on the graph; write vectors, neighbours report and 2-D map."""
     from seqrec.features import embeddings as E
     from seqrec.features.graph import load_item_graph

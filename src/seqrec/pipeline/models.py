@@ -10,7 +10,11 @@ import numpy as np
 
 from seqrec import columns as C
 from seqrec import io
-from seqrec.config import EvaluationConfig, SeqrecConfig, config_to_dict
+from seqrec.config import ConfigError, EvaluationConfig, Section, TrainingConfig, config_to_dict
+from seqrec.evaluation.metrics import make_validator
+from seqrec.features.embeddings import ItemEmbeddings
+from seqrec.models.factory import NEURAL_MODELS, build_model
+from seqrec.serving.recommend import save_model
 
 
 def split_sessions(sessions_path: str, cfg: EvaluationConfig, out_dir: str) -> dict[str, Any]:
@@ -31,27 +35,27 @@ def save_split(split, out_dir: str) -> dict[str, Any]:
     return {"protocol": split.protocol, "paths": paths, "report": split.report, "split_dir": str(out)}
 
 
-def train_model(name: str, split_dir: str, cfg: SeqrecConfig, out_dir: str, embeddings_path: str | None = None) -> dict[str, Any]:
-    """Train model ``name`` on the split's train_full part and save it.
+def train_model(name: str, split_dir: str, section: Section | None, training: TrainingConfig, evaluation: EvaluationConfig,
+                out_dir: str, embeddings_path: str | None = None) -> dict[str, Any]:
+    """Train model ``name`` (its config ``section``) on the split's train_full part and save it.
 
     Neural models first pick their epoch count by early stopping on ``valid`` (trained on
     ``train`` only, so selection never sees its own validation data), then retrain on
     ``train_full`` for that many epochs. Every model ends up on the same vocabulary, so all
-    are ranked on exactly the same test targets.
+    are ranked on exactly the same test targets. A neural model whose section sets
+    ``init_from_embeddings`` starts from the item embeddings at ``embeddings_path``.
     """
-    from seqrec.models.factory import NEURAL, build_model
-    from seqrec.serving.recommend import save_model
-
+    embeddings = warm_start_source(name, section, embeddings_path)
     out, split = Path(out_dir), Path(split_dir)
     train_full = io.load_sessions(split / "train_full.npz")
     start = time.perf_counter()
     selection: dict[str, Any] = {}
-    if name in NEURAL and cfg.training.patience > 0:
-        cfg, selection = select_epochs(name, split, cfg, out, embeddings_path)
-    ckpt = checkpoint_path(out, name, split / "train_full.npz", cfg, embeddings_path)
-    model = build_model(name, cfg, checkpoint_path=ckpt)
-    if embeddings_path and name in NEURAL:
-        warm_start(model, embeddings_path, train_full)
+    if name in NEURAL_MODELS and training.patience > 0:
+        section, selection = select_epochs(name, split, section, training, evaluation, out, embeddings)
+    ckpt = checkpoint_path(out, name, split / "train_full.npz", section, training, embeddings)
+    model = build_model(name, section, training, checkpoint_path=ckpt)
+    if embeddings:
+        warm_start(model, embeddings, train_full)
     model.fit(train_full)
     seconds = time.perf_counter() - start
     path = save_model(model, out / f"{name}.pt")
@@ -59,48 +63,48 @@ def train_model(name: str, split_dir: str, cfg: SeqrecConfig, out_dir: str, embe
     history = history_of(model)
     io.write_json({"history": history, "selection": selection}, out / f"{name}.history.json")
     return {"model": name, "path": str(path), "train_seconds": round(seconds, 2), "train_events": train_full.n_events,
-            "history": history, "selection": selection, "warm_start": bool(embeddings_path and name in NEURAL)}
+            "history": history, "selection": selection, "warm_start": embeddings is not None}
 
 
-def checkpoint_path(out: Path, name: str, data: Path, cfg: SeqrecConfig, embeddings_path: str | None) -> Path:
+def warm_start_source(name: str, section: Section | None, embeddings_path: str | None) -> str | None:
+    """Return the embeddings file model ``name`` starts from: set when its ``init_from_embeddings`` is on."""
+    if not getattr(section, "init_from_embeddings", False):
+        return None
+    if not embeddings_path:
+        raise ConfigError(f"models.{name}.init_from_embeddings=true but no item embeddings were given "
+                          "(pipeline: features.build_embeddings=true; CLI: --embeddings FILE)")
+    return embeddings_path
+
+
+def checkpoint_path(out: Path, name: str, data: Path, section: Section | None, training: TrainingConfig,
+                    embeddings_path: str | None) -> Path:
     """Return a resume checkpoint path unique to the training data, model config and warm start."""
-    key = io.fingerprint_obj([io.fingerprint_files([data], content=True), config_to_dict(cfg.models),
-                              config_to_dict(cfg.training), embeddings_path])
+    key = io.fingerprint_obj([io.fingerprint_files([data], content=True), config_to_dict(section) if section else None,
+                              config_to_dict(training), embeddings_path])
     return out / "checkpoints" / f"{name}-{key}.ckpt"
 
 
-def select_epochs(name: str, split: Path, cfg: SeqrecConfig, out: Path, embeddings_path: str | None) -> tuple[SeqrecConfig, dict]:
-    """Return the config with the model's epochs set by early stopping on valid, and the selection record."""
-    from seqrec.config import build_config
-    from seqrec.models.factory import build_model
-
+def select_epochs(name: str, split: Path, section: Section, training: TrainingConfig, evaluation: EvaluationConfig,
+                  out: Path, embeddings_path: str | None) -> tuple[Section, dict]:
+    """Return the model's section with its epochs set by early stopping on valid, and the selection record."""
     train, valid = io.load_sessions(split / "train.npz"), io.load_sessions(split / "valid.npz")
     if valid.n_sessions == 0:
-        return cfg, {"skipped": "validation part is empty"}
-    ckpt = checkpoint_path(out, f"{name}.select", split / "train.npz", cfg, embeddings_path)
-    probe = build_model(name, cfg, checkpoint_path=ckpt)
+        return section, {"skipped": "validation part is empty"}
+    ckpt = checkpoint_path(out, f"{name}.select", split / "train.npz", section, training, embeddings_path)
+    probe = build_model(name, section, training, checkpoint_path=ckpt)
     if embeddings_path:
         warm_start(probe, embeddings_path, train)
-    probe.fit(train, valid)
+    probe.fit(train, make_validator(probe, valid, evaluation, training.valid_metric))
     ckpt.unlink(missing_ok=True)
     hist = probe.history.to_dict()
     best = max(int(hist["best_epoch"]) + 1, 1)
-    tuned = build_config(cfg.model_dump(mode="json"), {"models": {name: {"epochs": best}}})
+    tuned = type(section).model_validate({**config_to_dict(section), "epochs": best})
     return tuned, {"best_epoch": best, "metric": hist["metric_name"], "valid_metric": hist["valid_metric"]}
 
 
-def warm_start(model, embeddings_path: str, train) -> None:
-    """Initialise a neural model's item embeddings from saved InfoNCE vectors, aligned to the vocab."""
-    from seqrec.features.embeddings import ItemEmbeddings
-
-    emb = ItemEmbeddings.load(embeddings_path)
-    aligned = np.zeros((train.vocab.size + 1, emb.vectors.shape[1]), dtype=np.float32)
-    idx = emb.vocab.encode(train.vocab.ids[1:])
-    aligned[1:][idx > 0] = emb.vectors[idx[idx > 0]]
-    if model.name == "gru4rec":
-        model.init_item_embeddings(aligned, train.vocab)
-    else:
-        model.init_item_embeddings(aligned)
+def warm_start(model, embeddings_path: str, train) -> int:
+    """Initialise a neural model's item embeddings from saved InfoNCE vectors aligned to ``train``'s vocabulary; return rows set."""
+    return model.init_item_embeddings(ItemEmbeddings.load(embeddings_path).aligned_to(train.vocab), train.vocab)
 
 
 def history_of(model) -> dict[str, Any]:
@@ -130,6 +134,12 @@ def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfi
     out = result.to_dict()
     out.update(model=model.name, label=model.label(), part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3))
     return out
+
+
+def evaluate_trained(trained: dict[str, Any], split_dir: str, cfg: EvaluationConfig) -> dict[str, Any]:
+    """Return ``train_model``'s result evaluated on the test part, with its training time and history."""
+    result = evaluate_trained_model(trained["path"], split_dir, cfg)
+    return {**result, "train_seconds": trained["train_seconds"], "history": trained.get("history", {})}
 
 
 def model_support(train, vocab) -> np.ndarray:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from seqrec import columns as C
 from seqrec import io
-from seqrec.config import CleaningConfig, DataConfig, QualityConfig, config_to_dict
+from seqrec.config import CleaningConfig, DataConfig, QualityConfig, SuiteParams, config_to_dict
 from seqrec.data.ingest import ingest_events
 
 # GX logs one INFO line per ephemeral context (one per validation); keep run logs readable.
@@ -72,24 +72,28 @@ def references_of(root: str, domains: tuple[str, ...]):
     return build_references(frames)
 
 
-def validate_tables(table_root: str, stage: str, quality: QualityConfig, data: DataConfig, out_dir: str,
-                    raw_root: str | None = None) -> dict[str, Any]:
-    """Validate every non-event table (raw root, or cleaned tables); write the check summary."""
+def validate_tables(table_root: str, stage: str, quality: QualityConfig, cleaning: CleaningConfig, data: DataConfig,
+                    out_dir: str, raw_root: str | None = None) -> dict[str, Any]:
+    """Validate every non-event table (raw root, or cleaned tables); write the check summary.
+
+    The suites check the cleaning policy's row keys and accept its sentinels (``SuiteParams``).
+    """
     from seqrec.quality.validate import measure_missingness, summarise_validations, validate_table
 
     frames = read_raw_tables(table_root, data) if stage == "raw" else read_clean_tables(table_root)
     refs = references_of(raw_root or table_root, tuple(data.domains))
-    validations = [validate_table(df, table, stage, quality, refs) for table, df in frames.items()]
+    params = SuiteParams.of(quality, cleaning)
+    validations = [validate_table(df, table, stage, params, refs) for table, df in frames.items()]
     summary = summarise_validations(validations)
     out = Path(out_dir)
     io.write_table(summary, out / f"{stage}_tables.parquet")
     io.write_table(measure_missingness(frames, stage), out / f"{stage}_tables_missing.parquet")
     return {"stage": stage, "tables": sorted(frames), "checks": len(summary),
             "failed": int((~summary["success"].astype(bool)).sum()), "summary": str(out / f"{stage}_tables.parquet"),
-            "data_docs": build_docs_if_possible(frames, stage, quality, out / "datadocs" / stage, refs)}
+            "data_docs": build_docs_if_possible(frames, stage, params, out / "datadocs" / stage, refs)}
 
 
-def build_docs_if_possible(frames: dict[str, pd.DataFrame], stage: str, quality: QualityConfig, out: Path, refs) -> str:
+def build_docs_if_possible(frames: dict[str, pd.DataFrame], stage: str, quality: SuiteParams, out: Path, refs) -> str:
     """Return the offline GX Data Docs index for ``frames``, or why they were not built."""
     from seqrec.quality.datadocs import ASSETS, build_data_docs
 
@@ -106,7 +110,7 @@ def events_by_domain(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {f"events.{d}": part.drop(columns=[C.DOMAIN]) for d, part in df.groupby(C.DOMAIN, sort=True)}
 
 
-def validate_events_day(day: dict[str, Any], stage: str, quality: QualityConfig, out_dir: str,
+def validate_events_day(day: dict[str, Any], stage: str, quality: QualityConfig, cleaning: CleaningConfig, out_dir: str,
                         raw_root: str | None = None, domains: tuple[str, ...] = ("marketplace",)) -> dict[str, Any]:
     """Validate one event day partition per domain; write its check summary and missingness."""
     from seqrec.quality.validate import measure_missingness, summarise_validations, validate_table
@@ -114,7 +118,8 @@ def validate_events_day(day: dict[str, Any], stage: str, quality: QualityConfig,
     frames = events_by_domain(io.read_table(day["path"]))
     refs = references_of(raw_root, tuple(domains)) if raw_root else None
     name = f"{int(day['day']):05d}"
-    validations = [validate_table(df, t, stage, quality, refs, partition=name) for t, df in frames.items()]
+    params = SuiteParams.of(quality, cleaning)
+    validations = [validate_table(df, t, stage, params, refs, partition=name) for t, df in frames.items()]
     summary = summarise_validations(validations)
     out = Path(out_dir) / stage
     io.write_table(summary, out / f"events_{name}.parquet")
@@ -194,8 +199,8 @@ def write_quality_report(quality_dir: str, cleaned: dict[str, Any], out_dir: str
 def validate_root(root: str, stage: str, cfg, out_dir: str) -> dict[str, Any]:
     """Validate a whole T-ECD root outside the pipeline: tables and every event day partition."""
     ingested = ingest_events(root, cfg.data, str(Path(out_dir) / "_ingest"))
-    days = [validate_events_day(d, stage, cfg.quality, out_dir, root, tuple(cfg.data.domains)) for d in ingested["days"]]
-    tables = validate_tables(root, stage, cfg.quality, cfg.data, out_dir)
+    days = [validate_events_day(d, stage, cfg.quality, cfg.cleaning, out_dir, root, tuple(cfg.data.domains)) for d in ingested["days"]]
+    tables = validate_tables(root, stage, cfg.quality, cfg.cleaning, cfg.data, out_dir)
     return {"tables": tables, "days": days, "failed": tables["failed"] + sum(d["failed"] for d in days),
             "partitions": ingested["partitions"]}
 
@@ -205,13 +210,13 @@ def clean_root(root: str, cfg, out_dir: str) -> dict[str, Any]:
     ingested = ingest_events(root, cfg.data, str(Path(out_dir) / "_ingest"))
     qdir = str(Path(out_dir) / "quality")
     for d in ingested["days"]:
-        validate_events_day(d, "raw", cfg.quality, qdir, root, tuple(cfg.data.domains))
-    validate_tables(root, "raw", cfg.quality, cfg.data, qdir)
+        validate_events_day(d, "raw", cfg.quality, cfg.cleaning, qdir, root, tuple(cfg.data.domains))
+    validate_tables(root, "raw", cfg.quality, cfg.cleaning, cfg.data, qdir)
     cleaned = {"days": [clean_events_day(d, cfg.cleaning, out_dir) for d in ingested["days"]],
                "tables": clean_tables(root, cfg.cleaning, cfg.data, out_dir)}
     for d in cleaned["days"]:
-        validate_events_day(d, "cleaned", cfg.quality, qdir, root, tuple(cfg.data.domains))
-    validate_tables(cleaned["tables"]["clean_root"], "cleaned", cfg.quality, cfg.data, qdir, root)
+        validate_events_day(d, "cleaned", cfg.quality, cfg.cleaning, qdir, root, tuple(cfg.data.domains))
+    validate_tables(cleaned["tables"]["clean_root"], "cleaned", cfg.quality, cfg.cleaning, cfg.data, qdir, root)
     report = write_quality_report(qdir, cleaned, out_dir)
     return {"days": [{k: d[k] for k in ("day", "rows_in", "rows_kept", "rows_quarantined")} for d in cleaned["days"]],
             "tables": cleaned["tables"]["counts"], "report": report["html"], "raw_failed": report["raw_failed"],

@@ -1,4 +1,5 @@
-"""Registry stages: evaluate a saved version on the split of this run (aligned to its vocabulary)."""
+"""Registry stages: the current version, a saved version evaluated on this run's split (aligned to its
+vocabulary), the best candidate registered, and the candidate-vs-current comparison."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from seqrec.evaluation.metrics import as_scores, evaluate_model
 from seqrec.models.base import Recommender
 from seqrec.pipeline.models import evaluate_trained_model
 from seqrec.sequences import PAD, ItemVocab, reencode_sessions
+from seqrec.serving import registry as R
 from seqrec.serving.recommend import load_model
 
 
@@ -24,7 +26,7 @@ class VocabAligned(Recommender):
         self.to_model = np.concatenate([[PAD], model.vocab.encode(vocab.ids[1:])]).astype(np.int64)  # (V + 1,)
         self.unknown = self.to_model == PAD  # (V + 1,), padding included
 
-    def fit(self, train, valid=None) -> "VocabAligned":
+    def fit(self, train, validate=None) -> "VocabAligned":
         """Refuse: an aligned view only scores."""
         raise NotImplementedError("VocabAligned wraps a fitted model; it cannot be trained")
 
@@ -57,3 +59,30 @@ def evaluate_version(model_path: str, split_dir: str, cfg, part: str = "valid") 
     result = evaluate_model(aligned, data, cfg, targets=targets, train_support=train.item_support()).to_dict()
     counts = {"split_items_unknown_to_model": int(aligned.unknown[1:].sum()), "model_items": model.vocab.size}
     return {**result, **stamp, "model": model.name, "part": part, "reencoding": reenc, "aligned": counts}
+
+
+def current_version_info(registry: str) -> dict[str, Any] | None:
+    """Return the registry's current version (name, model, model file), or None before the first."""
+    version = R.current_version(registry)
+    return None if version is None else {"version": version.name, "model": version.meta["model"],
+                                         "model_path": str(version.model_path)}
+
+
+def register_best(registry: str, results: list[dict[str, Any]], metric: str, config: dict[str, Any], data_fingerprint: str,
+                  current: dict[str, Any] | None, baseline: dict[str, Any] | None) -> dict[str, Any]:
+    """Register the candidate with the best validation ``metric``, recording what it was compared with; return its name."""
+    chosen = R.select_best(results, metric)
+    best = results[chosen]
+    compared = None if current is None else {"version": current["version"], "metrics": baseline["metrics"],
+                                             "valid_fingerprint": baseline["data_fingerprint"]}
+    version = R.register_version(registry, [best["model_path"]], best["model"], config, data_fingerprint,
+                                 best["metrics"], best["data_fingerprint"], compared)
+    return {"version": version.name, "chosen": chosen, "model": best["model"]}
+
+
+def compare_with_current(results: list[dict[str, Any]], baseline: dict[str, Any] | None, current: dict[str, Any] | None,
+                         registered: dict[str, Any], promoted: bool, metric: str) -> tuple[list[dict[str, Any]], str]:
+    """Return the candidate-vs-current rows and their markdown table with the decision."""
+    now = None if current is None else {**current, "metrics": baseline["metrics"]}
+    rows = R.comparison_rows(results, now, metric, registered["chosen"], promoted)
+    return rows, R.render_comparison_markdown(rows, registered["version"], promoted, metric)

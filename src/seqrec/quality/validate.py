@@ -36,8 +36,8 @@ def serialise_suite_parameter_parsing() -> None:
     GX 1.x parses every suite parameter with one process-wide parser whose expression stack is
     shared, and pyparsing probes each parse action's arity on its first calls: two threads
     parsing at once get wrong values or "pop from empty list" / "missing 1 required positional
-    argument" errors (measured: 2 wrong values and 8 errors in 8 threads x 300 parses). The
-    module-level function is wrapped once in a lock; parsing a parameter takes microseconds.
+    argument" errors (RELIABILITY.md). The module-level function is wrapped once in a lock;
+    parsing a parameter takes microseconds.
     """
     from great_expectations.core import suite_parameters as gx_params
 

@@ -14,7 +14,7 @@
   and stays small instead of a (B, V) matrix per call; banned items (already seen, padding)
   get -inf in the block before selection.
 * Certified bfloat16 pass (CPU blocks): the catalogue is scored in bfloat16 (the processor's
-  bf16 dot-product instructions: ~3.4x the float32 product here). Every score then moves by at
+  bf16 dot-product instructions). Every score then moves by at
   most ``eps`` (``error_bound``: the rounding of the query and of the item matrix, measured, by
   Cauchy-Schwarz, plus the output's rounding). Candidates are the items of the k + EXTRA best
   groups; their best k + EXTRA are rescored exactly in float32. Any other item scores at most
@@ -41,7 +41,7 @@ from seqrec.models.repeat import RepeatTerm
 GROUP = 64  # columns per group for the group-max pruning
 NUMPY_MIN_ROWS = 8  # blocks of at least this many queries use numpy's matrix product on CPU
 EXTRA = 10  # certified bf16 pass: candidate groups and rescored items beyond k (k = 10 -> 20 of each)
-USE_BF16 = False  # the certified bfloat16 pass on CPU: off, measured no faster than oneDNN float32 here (opt in for CPUs without it)
+USE_BF16 = False  # the certified bfloat16 pass on CPU: off, no faster than oneDNN float32 (BENCHMARKS.md); opt in for CPUs without oneDNN
 USE_ONEDNN = True  # float32 blocks through oneDNN's product on CPU (else numpy's BLAS)
 
 
@@ -101,10 +101,9 @@ def sparse_candidates(rows: sp.csr_matrix, background: np.ndarray, need: int) ->
 def onednn_weight(rows: torch.Tensor, batch: int) -> torch.Tensor | None:
     """Return the item matrix (V, D) packed for oneDNN's float32 product, or None where torch has no oneDNN.
 
-    On this AMD processor oneDNN's AVX-512 kernels run the (128, 65) x (65, 50k) product in about
-    half the time of numpy's BLAS (which runs its Haswell kernels here) and of torch.mm (MKL):
-    measured 8.2 vs 15.4 ms on 2 threads. The op is the one torch's own CPU compiler emits for
-    linear layers; any failure here (a torch without it) keeps the numpy product.
+    oneDNN's kernels run the short-and-wide catalogue product faster than numpy's BLAS and torch.mm
+    (BENCHMARKS.md). The op is the one torch's own CPU compiler emits for linear layers; any
+    failure here (a torch without it) keeps the numpy product.
     """
     if not (USE_ONEDNN and torch.backends.mkldnn.is_available()):
         return None
@@ -126,7 +125,7 @@ def torch_threads(n: int | None):
     """Hold torch's intra-op pool at ``n`` threads inside the block (None: leave it), then restore it.
 
     numpy's BLAS brings its own threads for the catalogue product; with torch's pool also awake
-    the two fight over the cores (measured: 3.4k vs 6.8k SASRec sessions/s on 2 cores). The
+    the two fight over the cores and throughput halves (BENCHMARKS.md). The
     setting is process-wide, so blocks from several threads run one at a time (each uses
     every core anyway) and the count is always restored to what it was.
     """
@@ -147,8 +146,8 @@ class DotProductIndex:
 
     The bias is folded in as one more dimension (``[q, 1] @ [W, b].T``). On CPU, blocks of
     ``NUMPY_MIN_ROWS`` or more queries use numpy's matrix product: for these short-and-wide
-    products (a few dozen queries against the whole catalogue) it measured 2-4x faster than
-    ``torch.addmm`` here; single sessions stay on torch (its threads, no BLAS pool to wake).
+    products (a few dozen queries against the whole catalogue) it is faster than ``torch.addmm``
+    (BENCHMARKS.md); single sessions stay on torch (its threads, no BLAS pool to wake).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, chunk: int = 128,
@@ -201,7 +200,7 @@ class DotProductIndex:
         """Return whether to run the certified bf16 pass: available, and proving most rows so far.
 
         Rows it cannot prove are scored twice; when the scores are too close for the bf16 bound
-        (measured: GRU4Rec trained one epoch on random sessions proves 5% of rows) the index
+        (GRU4Rec's close scores: BENCHMARKS.md) the index
         keeps to float32 after its first 256 rows.
         """
         seen = self.rows_certified + self.rows_redone
@@ -249,7 +248,7 @@ class DotProductIndex:
         if buffers is None:
             buffers = torch.empty(n, width), torch.empty(n, width, dtype=torch.bfloat16)
         approx = torch.mm(q.bfloat16(), self.wt_bf16, out=buffers[1][:n])  # (n, V') bfloat16, banned columns -inf
-        approx = buffers[0][:n].copy_(approx)  # float32 from here: its reductions are ~4x faster than bfloat16's
+        approx = buffers[0][:n].copy_(approx)  # float32 from here: its reductions are faster than bfloat16's
         if banned is not None:
             approx.scatter_(1, banned, -math.inf)
         maxima = approx.view(n, width // GROUP, GROUP).amax(2)  # (n, G)

@@ -19,7 +19,7 @@ from seqrec.config import GeneratorConfig
 from seqrec.synthetic.schemas import EMBEDDING, STRING, TECD_SCHEMAS
 
 DOMAIN_CODES = {"marketplace": 0, "retail": 1, "offers": 2}
-ITEM_PREFIX = {"marketplace": "nfmcg_", "retail": "fmcg_", "offers": "offer_"}  # offers' prefix [guess]
+ITEM_PREFIX = {"marketplace": "nfmcg_", "retail": "fmcg_", "offers": "offer_"}  # TECD.md names no offers prefix: ours
 OS_NAMES = ("android", "ios", "other")
 OS_SHARES = (0.66, 0.13, 0.21)  # real marketplace days 1272/1302: 0.69/0.14/0.17 and 0.63/0.11/0.26
 SOCDEM_CODES, REGION_CODES = 22, 91

@@ -1,7 +1,7 @@
 """Arrow schemas of every T-ECD table, shared by the generator, the reader and the quality suites.
 
 Marketplace events are exactly the real files' schema (``data/tecd_marketplace``: written by
-Polars, every field nullable, no schema metadata). The other tables follow TECD.md's [3rd]
+Polars, every field nullable, no schema metadata). The other tables follow TECD.md's
 descriptions; ids are uint64 like ``user_id`` in the real events, codes are int64.
 """
 
