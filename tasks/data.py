@@ -20,8 +20,5 @@ def resolve_data_root(cfg: SeqrecConfig) -> dict:
 def ingest_events(root: str, raw_fingerprint: str, data: DataConfig, out_dir: str, code: str) -> dict:
     """Return per-day canonical event files loaded from the raw partitions."""
     result = stages.ingest_events(root, data, out_dir)
-    rows = [{k: p.get(k) for k in ("file", "day", "rows", "status", "reason")} for p in result["partitions"]]
-    outside = result["rows_outside_days"]
-    note = f"; {outside} row(s) dated on days without a readable file kept in events_outside_days.parquet" if outside else ""
-    create_table_artifact(rows, key="ingest-partitions", description=f"Raw partitions read by ingest{note}")
+    create_table_artifact(stages.partition_rows(result), key="ingest-partitions", description=stages.ingest_note(result))
     return result

@@ -39,10 +39,8 @@ def clean_tables(root: str, fingerprint: str, cleaning: CleaningConfig, data: Da
 @task(name="write_quality_report")
 def write_quality_report(quality_dir: str, cleaned: dict, out_dir: str) -> dict:
     """Return the data-quality report paths; publish the summary as Prefect artifacts."""
-    report = SQ.write_quality_report(quality_dir, cleaned, out_dir)
-    rows = [{"day": d["day"], "rows_in": d["rows_in"], "rows_kept": d["rows_kept"],
-             "rows_quarantined": d["rows_quarantined"]} for d in cleaned["days"]]
-    rows += [{"table": t, **c} for t, c in cleaned["tables"]["counts"].items()]
-    create_table_artifact(rows, key="cleaning-accounting", description="rows in = kept + quarantined, per partition/table")
-    create_markdown_artifact(report["markdown"] + f"\n\nFull report: `{report['html']}`\n", key="data-quality")
-    return {k: v for k, v in report.items() if k != "markdown"}
+    report = dict(SQ.write_quality_report(quality_dir, cleaned, out_dir))
+    markdown = report.pop("markdown")
+    create_table_artifact(SQ.accounting_rows(cleaned), key="cleaning-accounting", description="rows in = kept + quarantined")
+    create_markdown_artifact(markdown + f"\n\nFull report: `{report['html']}`\n", key="data-quality")
+    return report

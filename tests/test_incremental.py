@@ -95,3 +95,24 @@ def test_worse_retrain_keeps_current_model(prefect_harness, full_root, tmp_path)
     decision = R.read_version(reg, "v0002").meta["promotion"]
     assert decision["candidate_value"] < decision["current_value"]  # both measured on the same validation file
     assert "| candidate (registered) | popularity |" in worse["table"] and "| current (v0001) | markov |" in worse["table"]
+
+
+def test_an_unrelated_setting_leaves_trained_models_cached(prefect_harness, full_root, tmp_path):
+    """Train tasks get only their sections: editing quality thresholds or another model's settings retrains nothing."""
+    from flows.pipeline import clean_flow, features_flow, ingest_flow, quality_flow, train_flow
+
+    base = {"data": {"root": str(full_root)}, "output": {"root": str(tmp_path / "out")}, "features": {"build_graph": False},
+            "models": {"names": ["markov", "popularity"]}, "training": {"progress": False}}
+    cfg = build_config(base)
+    ingested = ingest_flow(config=cfg)
+    quality_flow(ingested=ingested, config=cfg)  # the raw findings the clean flow's report reads
+    features = features_flow(cleaned=clean_flow(ingested=ingested, config=cfg), root=ingested["root"], config=cfg)
+    first = train_flow(features=features, config=cfg, return_state=True)
+    edited = build_config(base, {"quality": {"mostly": {"users.region": 0.5}}, "models": {"gru4rec": {"hidden": 8}}})
+    second = train_flow(features=features, config=edited, return_state=True)
+    states = task_states([second.state_details.flow_run_id])
+    assert {states[f"train_model-{m}"] for m in ("markov", "popularity")} == {"Cached"}, states
+    assert second.result()["trained"] == first.result()["trained"]
+    changed = build_config(base, {"models": {"itemknn": {"neighbours": 7}, "names": ["markov", "itemknn"]}})
+    third = task_states([train_flow(features=features, config=changed, return_state=True).state_details.flow_run_id])
+    assert third["train_model-markov"] == "Cached" and third["train_model-itemknn"] == "Completed"

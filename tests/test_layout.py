@@ -115,3 +115,12 @@ def test_files_and_functions_stay_small():
 def test_the_floor_check_allows_imports_down_and_sideways():
     source = "from seqrec.sequences import PAD\nfrom seqrec.models.base import Recommender\nfrom seqrec import columns as C\n"
     assert violations("seqrec.models.probe", source, "probe.py") == []
+
+
+def test_tasks_are_thin_wrappers_of_pipeline_functions():
+    """Every Prefect task calls the library and publishes: at most 8 lines, and no loops or comprehensions."""
+    for path in sorted((ROOT / "tasks").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and any("task" in ast.unparse(d) for d in node.decorator_list):
+                logic = [n for n in ast.walk(node) if isinstance(n, (ast.For, ast.While, ast.ListComp, ast.DictComp, ast.If))]
+                assert node.end_lineno - node.lineno + 1 <= 8 and not logic, f"{path.name}:{node.lineno} {node.name} holds logic"

@@ -13,7 +13,7 @@ from seqrec.synthetic.generate import generate_tecd
 
 Progress = Callable[[str, int, int], None]
 
-__all__ = ["resolve_data_root", "generate_data", "ingest_events", "fingerprint_raw_events"]
+__all__ = ["resolve_data_root", "generate_data", "ingest_events", "fingerprint_raw_events", "partition_rows", "ingest_note"]
 
 
 def resolve_data_root(cfg: SeqrecConfig, progress: Progress | None = None) -> dict[str, Any]:
@@ -42,3 +42,15 @@ def fingerprint_raw_events(root: str, data: DataConfig) -> str:
     """Return a fingerprint of the raw event files that ``data`` selects (names, sizes, mtimes)."""
     files = [p.path for d in data.domains for p in list_partitions(Path(root), f"{d}/events", data.first_day, data.last_day)]
     return io.fingerprint_obj([io.fingerprint_files(files), config_to_dict(data)])
+
+
+def partition_rows(ingested: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return one row per raw partition ingest read: file, day, rows, status and the reason of a bad one."""
+    return [{k: p.get(k) for k in ("file", "day", "rows", "status", "reason")} for p in ingested["partitions"]]
+
+
+def ingest_note(ingested: dict[str, Any]) -> str:
+    """Return the one-line description of an ingest, naming rows kept outside every read day."""
+    outside = ingested["rows_outside_days"]
+    note = f"; {outside} row(s) dated on days without a readable file kept in events_outside_days.parquet" if outside else ""
+    return f"Raw partitions read by ingest{note}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -13,6 +15,7 @@ from seqrec import io
 from seqrec.config import ConfigError, EvaluationConfig, Section, TrainingConfig, config_to_dict
 from seqrec.evaluation.metrics import make_validator
 from seqrec.features.embeddings import ItemEmbeddings
+from seqrec.models.base import Recommender, Validate
 from seqrec.models.factory import NEURAL_MODELS, build_model
 from seqrec.serving.recommend import save_model
 
@@ -53,10 +56,7 @@ def train_model(name: str, split_dir: str, section: Section | None, training: Tr
     if name in NEURAL_MODELS and training.patience > 0:
         section, selection = select_epochs(name, split, section, training, evaluation, out, embeddings)
     ckpt = checkpoint_path(out, name, split / "train_full.npz", section, training, embeddings)
-    model = build_model(name, section, training, checkpoint_path=ckpt)
-    if embeddings:
-        warm_start(model, embeddings, train_full)
-    model.fit(train_full)
+    model = fit_model(name, section, training, ckpt, train_full, embeddings)
     seconds = time.perf_counter() - start
     path = save_model(model, out / f"{name}.pt")
     ckpt.unlink(missing_ok=True)  # the finished model replaces the resume point
@@ -91,15 +91,28 @@ def select_epochs(name: str, split: Path, section: Section, training: TrainingCo
     if valid.n_sessions == 0:
         return section, {"skipped": "validation part is empty"}
     ckpt = checkpoint_path(out, f"{name}.select", split / "train.npz", section, training, embeddings_path)
-    probe = build_model(name, section, training, checkpoint_path=ckpt)
-    if embeddings_path:
-        warm_start(probe, embeddings_path, train)
-    probe.fit(train, make_validator(probe, valid, evaluation, training.valid_metric))
+    probe = fit_model(name, section, training, ckpt, train, embeddings_path,
+                      lambda model: make_validator(model, valid, evaluation, training.valid_metric))
     ckpt.unlink(missing_ok=True)
     hist = probe.history.to_dict()
     best = max(int(hist["best_epoch"]) + 1, 1)
     tuned = type(section).model_validate({**config_to_dict(section), "epochs": best})
     return tuned, {"best_epoch": best, "metric": hist["metric_name"], "valid_metric": hist["valid_metric"]}
+
+
+# torch's random generator (weight init, dropout, sampling) and its thread count are process-wide: neural models
+# that the flow's task threads train side by side take turns, so a seed gives the same model whatever else runs.
+NEURAL_TURN = threading.Lock()
+
+
+def fit_model(name: str, section: Section | None, training: TrainingConfig, ckpt: Path, train, embeddings_path: str | None,
+              validator: Callable[[Recommender], Validate] | None = None) -> Recommender:
+    """Return model ``name`` built from its section, warm-started when asked, and fitted on ``train``."""
+    with NEURAL_TURN if name in NEURAL_MODELS else contextlib.nullcontext():
+        model = build_model(name, section, training, checkpoint_path=ckpt)
+        if embeddings_path:
+            warm_start(model, embeddings_path, train)
+        return model.fit(train, validator(model) if validator else None)
 
 
 def warm_start(model, embeddings_path: str, train) -> int:

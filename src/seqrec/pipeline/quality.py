@@ -221,3 +221,9 @@ def clean_root(root: str, cfg, out_dir: str) -> dict[str, Any]:
     return {"days": [{k: d[k] for k in ("day", "rows_in", "rows_kept", "rows_quarantined")} for d in cleaned["days"]],
             "tables": cleaned["tables"]["counts"], "report": report["html"], "raw_failed": report["raw_failed"],
             "cleaned_failed": report["cleaned_failed"]}
+
+
+def accounting_rows(cleaned: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return one row per cleaned day and table: rows in, kept and quarantined (in = kept + quarantined)."""
+    rows = [{k: d[k] for k in ("day", "rows_in", "rows_kept", "rows_quarantined")} for d in cleaned["days"]]
+    return rows + [{"table": t, **c} for t, c in cleaned["tables"]["counts"].items()]
