@@ -84,13 +84,13 @@ def run_video(args: argparse.Namespace, training: TrainingConfig) -> dict:
     """Return leave-one-out full-ranking and sampled figures on Amazon Video Games."""
     from seqrec.data.importers import import_user_item_lines
     from seqrec.evaluation.splits import split_leave_one_out
-    from seqrec.evaluation.metrics import evaluate_model
+    from seqrec.evaluation.metrics import evaluate_model, make_validator
 
     split = split_leave_one_out(import_user_item_lines(args.data))
     valid_cfg = EvaluationConfig(protocol="loo", cutoffs=(10,))
-    model = SASRec(model_config(args), training.model_copy(update={"valid_metric": "ndcg@10"}), valid_cfg)
+    model = SASRec(model_config(args), training.model_copy(update={"valid_metric": "ndcg@10"}))
     start = time.perf_counter()
-    model.fit(split.train, split.valid)
+    model.fit(split.train, make_validator(model, split.valid, valid_cfg, "ndcg@10"))
     seconds = time.perf_counter() - start
     full = evaluate_model(model, split.test, EvaluationConfig(protocol="loo", cutoffs=(10,), candidates="full"))
     sampled = evaluate_model(model, split.test, EvaluationConfig(protocol="loo", cutoffs=(10,), candidates="sampled",

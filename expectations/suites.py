@@ -3,7 +3,8 @@
 A suite is first described as a list of ``Check`` (plain data, no GX import), then turned
 into a ``gx.ExpectationSuite`` by ``build_suite``. Every ``mostly`` and row-count threshold is
 a GX suite parameter (``{"$PARAMETER": ...}``) whose value ``suite_parameters`` reads from
-``QualityConfig`` at run time, so dev and prod validate with the same suite.
+``SuiteParams`` (the quality section and the cleaning policy it checks) at run time, so dev and prod
+validate with the same suite.
 
 Some checks need a computed column that ``seqrec.quality.validate.add_check_columns`` adds first:
 ``embedding_len`` (list length), ``repeat_key`` (the row's key already appeared earlier: the
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Collection, Literal
 
 from seqrec import columns as C
-from seqrec.config import QualityConfig
+from seqrec.config import SuiteParams
 
 if TYPE_CHECKING:
     import great_expectations as gx
@@ -88,15 +89,15 @@ def flag_true(column: str, name: str | None = None) -> Check:
     return in_set(column, [True], name or column)
 
 
-def common_checks(table: str, stage: Stage, params: QualityConfig) -> list[Check]:
+def common_checks(table: str, stage: Stage, params: SuiteParams) -> list[Check]:
     """Return the row-count and key-uniqueness checks every table shares."""
     checks = [Check("rows", "ExpectTableRowCountToBeBetween", None, {}, "min_value")]
-    if family_of(table) in params.unique_keys:
+    if params.keys_for(table):
         checks.append(in_set(REPEAT_KEY, [False], "key_unique"))
     return checks
 
 
-def code_checks(stage: Stage, params: QualityConfig) -> list[Check]:
+def code_checks(stage: Stage, params: SuiteParams) -> list[Check]:
     """Return range checks of the user code columns (the cleaned pass also accepts the sentinel)."""
     out = []
     for column, (low, high) in params.code_ranges.items():
@@ -105,18 +106,18 @@ def code_checks(stage: Stage, params: QualityConfig) -> list[Check]:
     return out
 
 
-def users_checks(table: str, stage: Stage, params: QualityConfig) -> list[Check]:
+def users_checks(table: str, stage: Stage, params: SuiteParams) -> list[Check]:
     """Return the users checks."""
     return [not_null(C.USER), not_null("socdem_cluster"), not_null("region"), *code_checks(stage, params)]
 
 
-def brands_checks(table: str, stage: Stage, params: QualityConfig) -> list[Check]:
+def brands_checks(table: str, stage: Stage, params: SuiteParams) -> list[Check]:
     """Return the brands checks."""
     dim = params.embedding_dims["brands"]
     return [not_null("brand_id"), between(EMBEDDING_LEN, dim, dim, EMBEDDING_LEN)]
 
 
-def items_checks(table: str, stage: Stage, params: QualityConfig) -> list[Check]:
+def items_checks(table: str, stage: Stage, params: SuiteParams) -> list[Check]:
     """Return the per-domain items checks."""
     dim = params.embedding_dims["items"]
     return [
@@ -131,12 +132,12 @@ def items_checks(table: str, stage: Stage, params: QualityConfig) -> list[Check]
     ]
 
 
-def events_checks(table: str, stage: Stage, params: QualityConfig) -> list[Check]:
+def events_checks(table: str, stage: Stage, params: SuiteParams) -> list[Check]:
     """Return the per-domain events checks; subdomain nulls are judged apart from the actions that explain them."""
     domain = domain_of(table)
     subdomains = params.subdomains[domain] + (params.subdomain_sentinels if stage == "cleaned" else ())
     checks = [not_null(C.TIMESTAMP), not_null(C.USER), not_null(C.ITEM), not_null(C.ACTION)]
-    checks += [in_set(C.ACTION, params.action_types[domain]), in_set(C.OS, params.os_values)]
+    checks += [in_set(C.ACTION, params.actions_for(domain, stage)), in_set(C.OS, params.os_values)]
     checks += [in_set(C.SUBDOMAIN, subdomains), flag_true(ITEM_KNOWN)]
     if domain == "offers":  # subdomain and os are not filled in offers
         return checks
@@ -149,7 +150,7 @@ def events_checks(table: str, stage: Stage, params: QualityConfig) -> list[Check
     return checks
 
 
-def payments_checks(table: str, stage: Stage, params: QualityConfig) -> list[Check]:
+def payments_checks(table: str, stage: Stage, params: SuiteParams) -> list[Check]:
     """Return the payment-event checks."""
     return [
         not_null(C.TIMESTAMP),
@@ -162,14 +163,14 @@ def payments_checks(table: str, stage: Stage, params: QualityConfig) -> list[Che
     ]
 
 
-def receipts_checks(table: str, stage: Stage, params: QualityConfig) -> list[Check]:
+def receipts_checks(table: str, stage: Stage, params: SuiteParams) -> list[Check]:
     """Return the receipt checks; linkage is a raw finding only (cleaning cannot change it)."""
     checks = payments_checks(table, stage, params)
     checks += [not_null("approximate_item_id"), between("count", 1, None)]
     return checks + ([flag_true(LINKED)] if stage == "raw" else [])
 
 
-def reviews_checks(table: str, stage: Stage, params: QualityConfig) -> list[Check]:
+def reviews_checks(table: str, stage: Stage, params: SuiteParams) -> list[Check]:
     """Return the review checks."""
     dim = params.embedding_dims["reviews"]
     return [
@@ -194,7 +195,7 @@ BUILDERS = {
 }
 
 
-def list_checks(table: str, stage: Stage, params: QualityConfig, skip: Collection[str] = ()) -> list[Check]:
+def list_checks(table: str, stage: Stage, params: SuiteParams, skip: Collection[str] = ()) -> list[Check]:
     """Return the checks of one table and stage, without those named in ``skip``."""
     if stage not in ("raw", "cleaned"):
         raise ValueError(f"stage must be 'raw' or 'cleaned', got {stage!r}")
@@ -207,7 +208,7 @@ def parameter_name(table: str, check: Check) -> str:
     return f"{table}.{check.name}.{check.threshold}".replace(".", "__").replace("-", "_")
 
 
-def threshold_of(table: str, check: Check, stage: Stage, params: QualityConfig) -> float | int | None:
+def threshold_of(table: str, check: Check, stage: Stage, params: SuiteParams) -> float | int | None:
     """Return a check's threshold for this stage, read from the config."""
     if check.threshold == "min_value":
         return params.min_rows
@@ -220,7 +221,7 @@ def threshold_of(table: str, check: Check, stage: Stage, params: QualityConfig) 
     return mostly.get(key, params.default_mostly)
 
 
-def suite_parameters(table: str, stage: Stage, params: QualityConfig, skip: Collection[str] = ()) -> dict[str, Any]:
+def suite_parameters(table: str, stage: Stage, params: SuiteParams, skip: Collection[str] = ()) -> dict[str, Any]:
     """Return the run-time values of a suite's parameters (thresholds from the config)."""
     return {
         parameter_name(table, c): threshold_of(table, c, stage, params)
@@ -247,7 +248,7 @@ def build_expectation(table: str, check: Check) -> "gx.expectations.Expectation"
     return getattr(gx.expectations, check.expectation)(**kwargs, meta=meta)
 
 
-def build_suite(table: str, stage: Stage, params: QualityConfig, skip: Collection[str] = ()) -> "gx.ExpectationSuite":
+def build_suite(table: str, stage: Stage, params: SuiteParams, skip: Collection[str] = ()) -> "gx.ExpectationSuite":
     """Return the GX suite of one table and stage (thresholds are parameters: see ``suite_parameters``)."""
     import great_expectations as gx
 

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 
 from seqrec.config import SeqrecConfig
 from seqrec.models.factory import model_section
+from seqrec.pipeline.models import embeddings_for
 from seqrec.pipeline.data import fingerprint_raw_events
 from seqrec.pipeline.features import fingerprint_sessions
 from seqrec.pipeline.quality import fingerprint_raw_tables
@@ -87,10 +88,10 @@ def train_flow(features: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     code = code_version()
     split = bind(M.split_sessions, config)(features["sessions"]["sessions"], features["fingerprint"], config.evaluation,
                                            stage_dir(config, "split"), code)
-    emb = features.get("embeddings", {}).get("path")
-    futures = [bind(M.train_model, config).submit(name, split, model_section(config.models, name), config.training,
-                                                  config.evaluation, stage_dir(config, "models"), code, emb)
-               for name in config.models.names]
+    sections = {name: model_section(config.models, name) for name in config.models.names}
+    futures = [bind(M.train_model, config).submit(name, split, section, config.training, config.evaluation,
+                                                  stage_dir(config, "models"), code, embeddings_for(name, section, features))
+               for name, section in sections.items()]
     return {"split": split, "trained": [f.result() for f in futures]}
 
 

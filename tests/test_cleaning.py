@@ -143,3 +143,14 @@ def test_retention_on_generated_data_mirrors_the_study(tmp_path):
     for r in results:
         assert_accounting(r) if r.steps else None
         assert r.quarantine[C.REASON].notna().all()
+
+
+def test_the_suites_take_each_tables_own_key_rule_and_refuse_spellings_cleaning_maps_away():
+    cleaning = CleaningConfig(dedupe_keys={"items": ("item_id",), "items.retail": ("item_id", "brand_id")})
+    params = SuiteParams.of(QualityConfig(), cleaning)
+    assert params.keys_for("items.retail") == ("item_id", "brand_id")  # exact rule wins, as in cleaning
+    assert params.keys_for("items.marketplace") == ("item_id",) and params.keys_for("reviews") is None
+    assert "added-to-cart" in params.actions_for("retail", "raw")
+    assert "added-to-cart" not in params.actions_for("retail", "cleaned") and "added_to_cart" in params.actions_for("retail", "cleaned")
+    assert params.subdomain_sentinels == ()  # cleaning writes none by default, so the cleaned pass accepts none
+    assert SuiteParams.of(QualityConfig(), CleaningConfig(subdomain_sentinel="unknown")).subdomain_sentinels == ("unknown",)

@@ -38,7 +38,7 @@ class FixedScores(Recommender):
     def __init__(self, row: list[float]) -> None:
         self.row = np.asarray(row, dtype=np.float32)
 
-    def fit(self, train, valid=None) -> "FixedScores":
+    def fit(self, train, validate=None) -> "FixedScores":
         return self
 
     def score_steps(self, items: np.ndarray, lengths: np.ndarray) -> Iterator[np.ndarray]:

@@ -166,7 +166,7 @@ class Echo(Recommender):
     def __init__(self, ids):
         self.vocab, self.inputs = ItemVocab(np.array(ids, dtype=object)), []
 
-    def fit(self, train, valid=None):
+    def fit(self, train, validate=None):
         return self
 
     def score_steps(self, items, lengths):

@@ -161,13 +161,14 @@ def cmd_train(args: argparse.Namespace) -> dict:
     from seqrec.models.factory import model_section
     from seqrec.pipeline import models as stage
 
-    warm = {"models": {args.model: {"init_from_embeddings": True}}} if args.embeddings else {}
+    cfg = config_from(args, protocol_overrides(args))
+    section = model_section(cfg.models, args.model)
     if args.embeddings and args.model not in NEURAL_MODELS:
         raise ConfigError(f"--embeddings warm-starts {' and '.join(NEURAL_MODELS)}, not {args.model}")
-    cfg = config_from(args, {**protocol_overrides(args), **warm})
+    if getattr(section, "init_from_embeddings", False) and not args.embeddings:
+        raise ConfigError(f"models.{args.model}.init_from_embeddings=true needs --embeddings FILE")
     out = Path(args.out)
     split = stage.save_split(build_split(args, cfg), str(out / "split"))
-    section = model_section(cfg.models, args.model)
     return stage.train_model(args.model, split["split_dir"], section, cfg.training, cfg.evaluation, str(out), args.embeddings)
 
 

@@ -69,13 +69,20 @@ def test_warm_start_without_embeddings_is_a_config_error(off):
     load_config(None, ["models.names=[gru4rec]", "models.sasrec.init_from_embeddings=true", off])  # sasrec not trained: fine
 
 
-def test_train_with_init_from_embeddings_but_no_embeddings_names_the_key(tmp_path):
-    from seqrec.config import SasRecConfig, TrainingConfig, EvaluationConfig
-    from seqrec.pipeline.models import train_model
+def test_warm_start_gets_the_pipeline_embeddings_only_when_asked(tmp_path, capsys):
+    from seqrec.config import SasRecConfig
+    from seqrec.pipeline.models import embeddings_for
 
-    with pytest.raises(ConfigError, match="models.sasrec.init_from_embeddings=true but no item embeddings"):
-        train_model("sasrec", str(tmp_path), SasRecConfig(init_from_embeddings=True), TrainingConfig(), EvaluationConfig(),
-                    str(tmp_path / "out"))
+    built = {"embeddings": {"path": "emb.npz", "history": {}}}
+    assert embeddings_for("sasrec", SasRecConfig(init_from_embeddings=True), built) == built["embeddings"]
+    assert embeddings_for("sasrec", SasRecConfig(), built) is None and embeddings_for("markov", None, built) is None
+    with pytest.raises(ConfigError, match="models.sasrec.init_from_embeddings=true but no item embeddings were built"):
+        embeddings_for("sasrec", SasRecConfig(init_from_embeddings=True), {})
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("SessionId\tItemId\tTime\n1\t1\t1\n1\t2\t2\n")
+    code = cli.main(["train", "sasrec", "--train", str(tsv), "--out", str(tmp_path / "m"),
+                     "--set", "models.sasrec.init_from_embeddings=true"])
+    assert code == 2 and "models.sasrec.init_from_embeddings=true needs --embeddings FILE" in capsys.readouterr().err
 
 
 def test_missing_data_root_is_named_resolved(tmp_path, monkeypatch):

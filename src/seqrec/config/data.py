@@ -147,8 +147,6 @@ class QualityConfig(Section):
     os_values: tuple[str, ...] = ("android", "ios", "other")
     # Subdomain null is expected on these actions (marketplace likes); elsewhere it is a defect.
     subdomain_null_actions: tuple[str, ...] = ("like",)
-    # Values the cleaning step may write, accepted by the cleaned pass.
-    subdomain_sentinels: tuple[str, ...] = ("unknown",)
     workers: int = Field(2, gt=0)  # threads validating partitions when no Dask client is given
 
 
@@ -189,15 +187,29 @@ class CleaningConfig(Section):
 class SuiteParams(QualityConfig):
     """What the suites read: the quality section, plus the cleaning policy the cleaned pass checks.
 
-    Not a config section of its own: built by ``of`` from ``quality`` and ``cleaning``, so the row
-    keys (``cleaning.dedupe_keys``, checked for uniqueness) and the integer sentinel
-    (``cleaning.int_sentinel``, accepted by the cleaned pass) are set in one place.
+    Not a config section of its own: built by ``of`` from ``quality`` and ``cleaning``, so what
+    cleaning does is set in one place and the suites check exactly that: the row keys
+    (``cleaning.dedupe_keys``, checked for uniqueness), the sentinels it writes (accepted by the
+    cleaned pass) and the action spellings it maps away (refused by the cleaned pass).
     """
 
     unique_keys: dict[str, tuple[str, ...]]
     int_sentinel: int
+    subdomain_sentinels: tuple[str, ...]
+    action_aliases: dict[str, str]
 
     @classmethod
     def of(cls, quality: QualityConfig, cleaning: "CleaningConfig") -> "SuiteParams":
         """Return the suites' parameters of a quality section and the cleaning policy it checks."""
-        return cls(**dict(quality), unique_keys=cleaning.dedupe_keys, int_sentinel=cleaning.int_sentinel)
+        sentinel = () if cleaning.subdomain_sentinel is None else (cleaning.subdomain_sentinel,)
+        return cls(**dict(quality), unique_keys=cleaning.dedupe_keys, int_sentinel=cleaning.int_sentinel,
+                   subdomain_sentinels=sentinel, action_aliases=cleaning.action_aliases)
+
+    def keys_for(self, table: str) -> tuple[str, ...] | None:
+        """Return the key columns of ``table``: its own rule (``items.retail``), else its family's (``items``)."""
+        return self.unique_keys.get(table, self.unique_keys.get(table.split(".")[0]))
+
+    def actions_for(self, domain: str, stage: str) -> tuple[str, ...]:
+        """Return the accepted action types of ``domain``; after cleaning, not the spellings it maps away."""
+        actions = self.action_types[domain]
+        return actions if stage == "raw" else tuple(a for a in actions if a not in self.action_aliases)

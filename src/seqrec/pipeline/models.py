@@ -45,10 +45,12 @@ def train_model(name: str, split_dir: str, section: Section | None, training: Tr
     Neural models first pick their epoch count by early stopping on ``valid`` (trained on
     ``train`` only, so selection never sees its own validation data), then retrain on
     ``train_full`` for that many epochs. Every model ends up on the same vocabulary, so all
-    are ranked on exactly the same test targets. A neural model whose section sets
-    ``init_from_embeddings`` starts from the item embeddings at ``embeddings_path``.
+    are ranked on exactly the same test targets. Given ``embeddings_path``, a neural model starts
+    from those item embeddings (``embeddings_for`` says when the pipeline gives them).
     """
-    embeddings = warm_start_source(name, section, embeddings_path)
+    if embeddings_path and name not in NEURAL_MODELS:
+        raise ConfigError(f"item embeddings warm-start {' and '.join(NEURAL_MODELS)}, not {name}")
+    embeddings = embeddings_path or None
     out, split = Path(out_dir), Path(split_dir)
     train_full = io.load_sessions(split / "train_full.npz")
     start = time.perf_counter()
@@ -66,21 +68,27 @@ def train_model(name: str, split_dir: str, section: Section | None, training: Tr
             "history": history, "selection": selection, "warm_start": embeddings is not None}
 
 
-def warm_start_source(name: str, section: Section | None, embeddings_path: str | None) -> str | None:
-    """Return the embeddings file model ``name`` starts from: set when its ``init_from_embeddings`` is on."""
+def embeddings_for(name: str, section: Section | None, features: dict[str, Any]) -> dict[str, Any] | None:
+    """Return the embeddings stage's result that model ``name`` starts from: the pipeline's, when its section asks."""
     if not getattr(section, "init_from_embeddings", False):
         return None
-    if not embeddings_path:
-        raise ConfigError(f"models.{name}.init_from_embeddings=true but no item embeddings were given "
-                          "(pipeline: features.build_embeddings=true; CLI: --embeddings FILE)")
-    return embeddings_path
+    if "embeddings" not in features:
+        raise ConfigError(f"models.{name}.init_from_embeddings=true but no item embeddings were built "
+                          "(features.build_graph and features.build_embeddings must be true)")
+    return features["embeddings"]
+
+
+def path_of(stage_result: dict[str, Any] | None) -> str | None:
+    """Return the ``path`` of a stage's result, or None without one."""
+    return None if stage_result is None else stage_result["path"]
 
 
 def checkpoint_path(out: Path, name: str, data: Path, section: Section | None, training: TrainingConfig,
                     embeddings_path: str | None) -> Path:
     """Return a resume checkpoint path unique to the training data, model config and warm start."""
+    vectors = io.fingerprint_files([Path(embeddings_path)], content=True) if embeddings_path else None
     key = io.fingerprint_obj([io.fingerprint_files([data], content=True), config_to_dict(section) if section else None,
-                              config_to_dict(training), embeddings_path])
+                              config_to_dict(training), vectors])
     return out / "checkpoints" / f"{name}-{key}.ckpt"
 
 
@@ -142,8 +150,7 @@ def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfi
     train = io.load_sessions(Path(split_dir) / ("train_full.npz" if part == "test" else "train.npz"))
     data, reenc = reencode_sessions(data, model.vocab)  # a no-op when the model trained on this split
     start = time.perf_counter()
-    targets = "all" if cfg.protocol == "session" else "last"
-    result = evaluate_model(model, data, cfg, targets=targets, train_support=model_support(train, model.vocab))
+    result = evaluate_model(model, data, cfg, train_support=model_support(train, model.vocab))
     out = result.to_dict()
     out.update(model=model.name, label=model.label(), part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3))
     return out

@@ -55,8 +55,7 @@ def evaluate_version(model_path: str, split_dir: str, cfg, part: str = "valid") 
         return {**evaluate_trained_model(model_path, split_dir, cfg, part=part), **stamp, "aligned": None}
     aligned = VocabAligned(model, train.vocab)
     data, reenc = reencode_sessions(io.load_sessions(data_path), train.vocab)
-    targets = "all" if cfg.protocol == "session" else "last"
-    result = evaluate_model(aligned, data, cfg, targets=targets, train_support=train.item_support()).to_dict()
+    result = evaluate_model(aligned, data, cfg, train_support=train.item_support()).to_dict()
     counts = {"split_items_unknown_to_model": int(aligned.unknown[1:].sum()), "model_items": model.vocab.size}
     return {**result, **stamp, "model": model.name, "part": part, "reencoding": reenc, "aligned": counts}
 

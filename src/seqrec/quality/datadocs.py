@@ -25,7 +25,7 @@ import pandas as pd
 
 from expectations import suites as S
 from seqrec import io
-from seqrec.config import QualityConfig
+from seqrec.config import SuiteParams
 
 if TYPE_CHECKING:
     from seqrec.quality.validate import References
@@ -183,7 +183,7 @@ def localise_site(site: Path, assets: Path) -> list[Path]:
     return pages
 
 
-def add_checkpoint(ctx, table: str, stage: str, params: QualityConfig, skipped: dict[str, str]):
+def add_checkpoint(ctx, table: str, stage: str, params: SuiteParams, skipped: dict[str, str]):
     """Return a new Checkpoint validating one table's suite, with ``UpdateDataDocsAction``."""
     import great_expectations as gx
 
@@ -196,7 +196,7 @@ def add_checkpoint(ctx, table: str, stage: str, params: QualityConfig, skipped: 
                                              result_format="SUMMARY"))
 
 
-def validate_into_docs(ctx, frames: dict[str, pd.DataFrame], stage: str, params: QualityConfig,
+def validate_into_docs(ctx, frames: dict[str, pd.DataFrame], stage: str, params: SuiteParams,
                        refs: "References | None") -> None:
     """Run one Checkpoint per table (its own frame and thresholds); raise QualityError when a check errors."""
     from seqrec.quality.validate import _GX_SETUP, add_check_columns, check_columns_present, raise_if_errored
@@ -214,7 +214,7 @@ def validate_into_docs(ctx, frames: dict[str, pd.DataFrame], stage: str, params:
                                  res.expectation_config.kwargs.get("column"))
 
 
-def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: QualityConfig, out_dir: Path,
+def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: SuiteParams, out_dir: Path,
                     assets: Path = ASSETS, refs: "References | None" = None) -> Path:
     """Validate ``frames`` into GX Data Docs that render offline; return the site's index.html.
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from expectations import suites as S
 from seqrec import columns as C
-from seqrec.config import QualityConfig
+from seqrec.config import SuiteParams
 
 if TYPE_CHECKING:
     import distributed
@@ -174,7 +174,7 @@ def add_reference_columns(out: pd.DataFrame, table: str, refs: References | None
             skipped[S.LINKED] = "no item catalogue given"
 
 
-def add_check_columns(df: pd.DataFrame, table: str, stage: Stage, params: QualityConfig,
+def add_check_columns(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams,
                       refs: References | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
     """Return a copy of ``df`` with the computed check columns, and {check: reason} for checks that cannot run."""
     out, skipped = df.copy(deep=False), {}
@@ -183,7 +183,7 @@ def add_check_columns(df: pd.DataFrame, table: str, stage: Stage, params: Qualit
         out[S.EMBEDDING_LEN] = lengths
     else:
         skipped[S.EMBEDDING_LEN] = "no embedding column (excluded at read)"
-    keys = params.unique_keys.get(S.family_of(table))
+    keys = params.keys_for(table)
     if keys:
         missing = [k for k in keys if k not in df]
         if missing:
@@ -216,7 +216,7 @@ def raise_if_errored(res: Any, table: str, check: str | None, column: str | None
         raise QualityError(f"{table}: check '{check}' on column {column} could not run: {messages[0]}")
 
 
-def run_suite(df: pd.DataFrame, table: str, stage: Stage, params: QualityConfig, skip: dict[str, str]) -> list[CheckResult]:
+def run_suite(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams, skip: dict[str, str]) -> list[CheckResult]:
     """Return the raw GX results of one suite on a frame that already holds its check columns."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -234,14 +234,14 @@ def run_suite(df: pd.DataFrame, table: str, stage: Stage, params: QualityConfig,
     return [to_check_result(r, table, stage, None) for r in result.results]
 
 
-def check_columns_present(df: pd.DataFrame, table: str, stage: Stage, params: QualityConfig, skip: dict[str, str]) -> None:
+def check_columns_present(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams, skip: dict[str, str]) -> None:
     """Raise QualityError naming the table and column when a suite's column is absent from ``df``."""
     for check in S.list_checks(table, stage, params, skip):
         if check.column is not None and check.column not in df:
             raise QualityError(f"{table}: column '{check.column}' needed by check '{check.name}' is absent (have {list(df.columns)})")
 
 
-def measure_table(df: pd.DataFrame, table: str, stage: Stage, params: QualityConfig,
+def measure_table(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams,
                   refs: References | None = None, partition: str | None = None) -> TableValidation:
     """Return the validation of one frame without applying the cleaned-pass gate."""
     frame, skipped = add_check_columns(df, table, stage, params, refs)
@@ -257,7 +257,7 @@ def _with_partition(result: CheckResult, partition: str | None) -> CheckResult:
     return CheckResult(**{**{f.name: getattr(result, f.name) for f in fields(result)}, "partition": partition})
 
 
-def apply_gate(validations: list[TableValidation], params: QualityConfig) -> list[TableValidation]:
+def apply_gate(validations: list[TableValidation], params: SuiteParams) -> list[TableValidation]:
     """Return the validations; cleaned-pass failures raise QualityGateError or become warnings."""
     failed = [c for v in validations if v.stage == "cleaned" for c in v.failures()]
     if failed and params.on_cleaned_failure == "fail":
@@ -269,13 +269,13 @@ def apply_gate(validations: list[TableValidation], params: QualityConfig) -> lis
     return validations
 
 
-def validate_table(df: pd.DataFrame, table: str, stage: Stage, params: QualityConfig,
+def validate_table(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams,
                    refs: References | None = None, partition: str | None = None) -> TableValidation:
     """Return the validation of one table; raises QualityGateError on a failed cleaned pass in "fail" mode."""
     return apply_gate([measure_table(df, table, stage, params, refs, partition)], params)[0]
 
 
-def validate_partitions(frames: dict[str, pd.DataFrame], table: str, stage: Stage, params: QualityConfig,
+def validate_partitions(frames: dict[str, pd.DataFrame], table: str, stage: Stage, params: SuiteParams,
                         client: "distributed.Client | None" = None, refs: References | None = None) -> list[TableValidation]:
     """Return one validation per partition (name -> frame), run on a Dask client or a thread pool, then gated."""
     names = list(frames)
