@@ -141,6 +141,7 @@ def events_checks(table: str, stage: Stage, params: SuiteParams) -> list[Check]:
     checks += [in_set(C.SUBDOMAIN, subdomains), flag_true(ITEM_KNOWN)]
     if domain == "offers":  # subdomain and os are not filled in offers
         return checks
+    checks.append(not_null(C.OS))  # the value-set check does not judge nulls: a missing os is a finding of its own
     explained = [a for a in params.action_types[domain] if a in params.subdomain_null_actions]
     if explained:  # null only where the action explains it (marketplace likes)
         checks.append(Check("subdomain.unexplained", "ExpectColumnValuesToNotBeNull", C.SUBDOMAIN,

@@ -62,6 +62,7 @@ def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
                                               config.data, qdir, code, root)
     cleaned = {"days": days, "tables": tables, "gates": [g.result() for g in gates], "checked_tables": checked}
     cleaned["report"] = Q.write_quality_report(qdir, cleaned, stage_dir(config, "reports"))
+    Q.check_cleaned_gate(cleaned["gates"] + [checked], config.quality)  # after the report, which shows what failed
     return cleaned
 
 

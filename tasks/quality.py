@@ -44,3 +44,9 @@ def write_quality_report(quality_dir: str, cleaned: dict, out_dir: str) -> dict:
     create_table_artifact(SQ.accounting_rows(cleaned), key="cleaning-accounting", description="rows in = kept + quarantined")
     create_markdown_artifact(markdown + f"\n\nFull report: `{report['html']}`\n", key="data-quality")
     return report
+
+
+@task(name="check_cleaned_gate")
+def check_cleaned_gate(gates: list[dict], quality: QualityConfig) -> list[str]:
+    """Return the cleaned pass's failures over every day and table; fail naming all of them (quality.on_cleaned_failure)."""
+    return SQ.check_cleaned_gate(gates, quality)

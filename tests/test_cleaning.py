@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from seqrec import columns as C
-from seqrec.quality.cleaning import CleanStep, clean_table, count_reasons, retention_by_table, write_quarantine
+from seqrec.quality.cleaning import CleanStep, clean_table, count_reasons, retention_by_table, steps_frame, write_quarantine
 from seqrec.config import CleaningConfig, GeneratorConfig, QualityConfig, SuiteParams
 
 CFG = CleaningConfig()
@@ -154,3 +154,16 @@ def test_the_suites_take_each_tables_own_key_rule_and_refuse_spellings_cleaning_
     assert "added-to-cart" not in params.actions_for("retail", "cleaned") and "added_to_cart" in params.actions_for("retail", "cleaned")
     assert params.subdomain_sentinels == ()  # cleaning writes none by default, so the cleaned pass accepts none
     assert SuiteParams.of(QualityConfig(), CleaningConfig(subdomain_sentinel="unknown")).subdomain_sentinels == ("unknown",)
+
+
+def test_table_totals_sum_over_partitions_and_retention_never_exceeds_one():
+    # two day partitions of one table: 10 rows -> 8, then 20 rows -> 19 (dedupe then a price drop)
+    day1 = [CleanStep("dedupe", "events.marketplace", 10, 9, 1, {}, "01082.parquet"),
+            CleanStep("drop_missing_price", "events.marketplace", 9, 8, 1, {}, "01082.parquet")]
+    day2 = [CleanStep("dedupe", "events.marketplace", 20, 20, 0, {}, "01083.parquet"),
+            CleanStep("drop_missing_price", "events.marketplace", 20, 19, 1, {}, "01083.parquet")]
+    row = retention_by_table(day1 + day2).set_index("table").loc["events.marketplace"]
+    assert (row["rows_before"], row["rows_after"], row["quarantined"]) == (30, 27, 3)
+    assert row["retention"] == pytest.approx(0.9)
+    steps = steps_frame(day1 + day2).set_index("step")
+    assert steps.loc["dedupe", "rows_in"] == 30 and steps.loc["drop_missing_price", "rows_kept"] == 27 and len(steps) == 2

@@ -68,6 +68,14 @@ def test_thresholds_come_from_config_per_stage():
     assert "linked" not in {c.name for c in S.list_checks("receipts", "cleaned", cfg)}  # raw finding only
 
 
+def test_a_missing_os_is_a_finding_with_its_count():
+    df = events_frame().assign(os=["ios", None, "other", None, "ios", None])
+    r = by_check(Q.validate_table(df, "events.marketplace", "raw", PARAMS, REFS))
+    assert (r["os"].unexpected_count, r["os"].success) == (3, False)
+    assert r["os.values"].success  # the value-set check alone never saw them
+    assert "os" not in {c.name for c in S.list_checks("events.offers", "raw", PARAMS)}  # offers leave os empty
+
+
 def test_events_raw_pass_counts_each_defect():
     v = Q.validate_table(events_frame(), "events.marketplace", "raw", PARAMS, REFS)
     r = by_check(v)

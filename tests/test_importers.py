@@ -24,10 +24,10 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_gru4rec_tsv_values_order_and_ties(tmp_path: Path) -> None:
-    # session 7 starts later but its first click ties with session 3's second click;
-    # session 3 has two clicks at the same time: file order must survive.
-    tsv = "SessionId\tItemId\tTime\n3\t100\t10.5\n3\t101\t20.000001\n3\t102\t20.000001\n7\t100\t20.000001\n7\t9\t5\n"
-    df = import_gru4rec_tsv(write(tmp_path / "s.tsv", tsv))
+    # session 7 comes later in the file but starts first; its second click ties with session 3's
+    # second click; session 3 has two clicks at the same time: file order must survive the time sort.
+    tsv = "SessionId\tItemId\tTime\n3\t100\t10.5\n3\t101\t20.000001\n3\t102\t20.000001\n7\t9\t5\n7\t100\t20.000001\n"
+    df = import_gru4rec_tsv(write(tmp_path / "s.tsv", tsv), time_unit="s")
     assert tuple(df.columns) == IMPORT_COLUMNS
     assert df[C.TIMESTAMP].tolist() == [5_000_000, 10_500_000, 20_000_001, 20_000_001, 20_000_001]
     assert df[C.USER].tolist() == [7, 3, 3, 3, 7]
@@ -39,8 +39,8 @@ def test_gru4rec_tsv_values_order_and_ties(tmp_path: Path) -> None:
 
 
 def test_gru4rec_tsv_custom_keys_and_leading_zero_items(tmp_path: Path) -> None:
-    tsv = "sid\tts\tiid\n1\t2\t007\n1\t1\t08\n"
-    df = import_gru4rec_tsv(write(tmp_path / "c.tsv", tsv), item_key="iid", session_key="sid", time_key="ts")
+    tsv = "sid\tts\tiid\n2\t2\t007\n1\t1\t08\n"
+    df = import_gru4rec_tsv(write(tmp_path / "c.tsv", tsv), item_key="iid", session_key="sid", time_key="ts", time_unit="s")
     assert df[C.ITEM].tolist() == ["08", "007"]  # ids stay strings, zeros kept
     assert df[C.TIMESTAMP].tolist() == [1_000_000, 2_000_000]
 

@@ -52,6 +52,12 @@ def read_raw_tables(root: str, data: DataConfig) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def absent_tables(frames: dict[str, pd.DataFrame], data: DataConfig) -> list[str]:
+    """Return the T-ECD tables the root does not hold (a partial root is normal: what is there is validated)."""
+    expected = [*SINGLE_TABLES, *(f"items.{d}" for d in data.domains), *DAY_TABLES]
+    return [t for t in expected if t not in frames]
+
+
 def read_clean_tables(clean_root: str) -> dict[str, pd.DataFrame]:
     """Return the cleaned tables written by ``clean_tables`` (one parquet file per table)."""
     return {p.stem: io.read_table(p) for p in sorted(Path(clean_root).glob("*.parquet"))}
@@ -78,19 +84,20 @@ def validate_tables(table_root: str, stage: str, quality: QualityConfig, cleanin
 
     The suites check the cleaning policy's row keys and accept its sentinels (``SuiteParams``).
     """
-    from seqrec.quality.validate import measure_missingness, summarise_validations, validate_table
+    from seqrec.quality.validate import measure_missingness, measure_table, summarise_validations
 
     frames = read_raw_tables(table_root, data) if stage == "raw" else read_clean_tables(table_root)
     refs = references_of(raw_root or table_root, tuple(data.domains))
     params = SuiteParams.of(quality, cleaning)
-    validations = [validate_table(df, table, stage, params, refs) for table, df in frames.items()]
+    validations = [measure_table(df, table, stage, params, refs) for table, df in frames.items()]
     summary = summarise_validations(validations)
     out = Path(out_dir)
     io.write_table(summary, out / f"{stage}_tables.parquet")
     io.write_table(measure_missingness(frames, stage), out / f"{stage}_tables_missing.parquet")
-    return {"stage": stage, "tables": sorted(frames), "checks": len(summary),
+    return {"stage": stage, "tables": sorted(frames), "absent": absent_tables(frames, data) if stage == "raw" else [],
+            "checks": len(summary),
             "failed": int((~summary["success"].astype(bool)).sum()), "summary": str(out / f"{stage}_tables.parquet"),
-            "data_docs": build_docs_if_possible(frames, stage, params, out / "datadocs" / stage, refs)}
+            "failures": gate_failures(validations), "data_docs": build_docs_if_possible(frames, stage, params, out / "datadocs" / stage, refs)}
 
 
 def build_docs_if_possible(frames: dict[str, pd.DataFrame], stage: str, quality: SuiteParams, out: Path, refs) -> str:
@@ -99,6 +106,8 @@ def build_docs_if_possible(frames: dict[str, pd.DataFrame], stage: str, quality:
 
     if not quality.build_data_docs:
         return "not built: quality.build_data_docs is false"
+    if not frames:
+        return f"not built: no {stage} table to validate"
     if not ASSETS.is_dir():
         logging.getLogger(__name__).warning("GX Data Docs skipped: %s missing (run `make datadocs-assets`)", ASSETS)
         return f"not built: {ASSETS} is missing (run `make datadocs-assets`)"
@@ -112,20 +121,42 @@ def events_by_domain(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def validate_events_day(day: dict[str, Any], stage: str, quality: QualityConfig, cleaning: CleaningConfig, out_dir: str,
                         raw_root: str | None = None, domains: tuple[str, ...] = ("marketplace",)) -> dict[str, Any]:
-    """Validate one event day partition per domain; write its check summary and missingness."""
-    from seqrec.quality.validate import measure_missingness, summarise_validations, validate_table
+    """Validate one event day partition per domain; write its check summary and missingness.
+
+    A failed cleaned pass is returned (``failures``), not raised: ``check_cleaned_gate`` judges
+    every day and table at once, so its error names them all.
+    """
+    from seqrec.quality.validate import measure_missingness, measure_table, summarise_validations
 
     frames = events_by_domain(io.read_table(day["path"]))
     refs = references_of(raw_root, tuple(domains)) if raw_root else None
     name = f"{int(day['day']):05d}"
     params = SuiteParams.of(quality, cleaning)
-    validations = [validate_table(df, t, stage, params, refs, partition=name) for t, df in frames.items()]
+    validations = [measure_table(df, t, stage, params, refs, partition=name) for t, df in frames.items()]
     summary = summarise_validations(validations)
     out = Path(out_dir) / stage
     io.write_table(summary, out / f"events_{name}.parquet")
     io.write_table(measure_missingness(frames, stage).assign(partition=name), out / f"events_{name}_missing.parquet")
     return {"day": day["day"], "stage": stage, "rows": int(sum(len(f) for f in frames.values())),
-            "failed": int((~summary["success"].astype(bool)).sum()), "summary": str(out / f"events_{name}.parquet")}
+            "failed": int((~summary["success"].astype(bool)).sum()), "summary": str(out / f"events_{name}.parquet"),
+            "failures": gate_failures(validations)}
+
+
+def gate_failures(validations: list) -> list[str]:
+    """Return one line per failed check of a cleaned pass (the raw pass's failures are findings, not gates)."""
+    return [c.describe() for v in validations if v.stage == "cleaned" for c in v.failures()]
+
+
+def check_cleaned_gate(results: list[dict[str, Any]], quality: QualityConfig) -> list[str]:
+    """Return the cleaned pass's failures over every day and table; in "fail" mode raise naming all of them."""
+    from seqrec.quality.validate import QualityGateError
+
+    failures = [line for r in results for line in r.get("failures", [])]
+    if failures and quality.on_cleaned_failure == "fail":
+        raise QualityGateError(f"cleaned data failed {len(failures)} check(s):\n  " + "\n  ".join(failures), [])
+    for line in failures:
+        logging.getLogger(__name__).warning("cleaned pass (quality.on_cleaned_failure=warn): %s", line)
+    return failures
 
 
 def clean_events_day(day: dict[str, Any], cleaning: CleaningConfig, out_dir: str) -> dict[str, Any]:
@@ -214,10 +245,11 @@ def clean_root(root: str, cfg, out_dir: str) -> dict[str, Any]:
     validate_tables(root, "raw", cfg.quality, cfg.cleaning, cfg.data, qdir)
     cleaned = {"days": [clean_events_day(d, cfg.cleaning, out_dir) for d in ingested["days"]],
                "tables": clean_tables(root, cfg.cleaning, cfg.data, out_dir)}
-    for d in cleaned["days"]:
-        validate_events_day(d, "cleaned", cfg.quality, cfg.cleaning, qdir, root, tuple(cfg.data.domains))
-    validate_tables(cleaned["tables"]["clean_root"], "cleaned", cfg.quality, cfg.cleaning, cfg.data, qdir, root)
+    gates = [validate_events_day(d, "cleaned", cfg.quality, cfg.cleaning, qdir, root, tuple(cfg.data.domains))
+             for d in cleaned["days"]]
+    gates.append(validate_tables(cleaned["tables"]["clean_root"], "cleaned", cfg.quality, cfg.cleaning, cfg.data, qdir, root))
     report = write_quality_report(qdir, cleaned, out_dir)
+    check_cleaned_gate(gates, cfg.quality)  # after the report: it shows what failed
     return {"days": [{k: d[k] for k in ("day", "rows_in", "rows_kept", "rows_quarantined")} for d in cleaned["days"]],
             "tables": cleaned["tables"]["counts"], "report": report["html"], "raw_failed": report["raw_failed"],
             "cleaned_failed": report["cleaned_failed"]}

@@ -32,6 +32,7 @@ class CleanStep:
     rows_kept: int
     rows_quarantined: int
     missing_after: dict[str, int]
+    partition: str | None = None  # the source file of a partitioned table (events: one per day)
 
     def __post_init__(self) -> None:
         assert self.rows_in == self.rows_kept + self.rows_quarantined, (
@@ -164,7 +165,7 @@ def clean_table(df: pd.DataFrame, table: str, cfg: CleaningConfig, known_items: 
     for name, step in plan_steps(table, cfg, known_items):
         kept, lost = step(current, table, cfg)
         lost = current.iloc[:0].assign(**{C.REASON: pd.Series(dtype=str)}) if lost is None else lost
-        steps.append(CleanStep(name, table, len(current), len(kept), len(lost), count_missing(kept)))
+        steps.append(CleanStep(name, table, len(current), len(kept), len(lost), count_missing(kept), source_file))
         dropped.append(lost)
         current = kept
     lost_rows = [d for d in dropped if len(d)]
@@ -175,20 +176,30 @@ def clean_table(df: pd.DataFrame, table: str, cfg: CleaningConfig, known_items: 
     return CleanResult(table, current.reset_index(drop=True), quarantine, steps)
 
 
+STEP_COUNTS = ["rows_in", "rows_kept", "rows_quarantined", "missing_after"]
+
+
 def steps_frame(steps: list[CleanStep]) -> pd.DataFrame:
-    """Return the steps as a table (missing values left summed over columns), with retention per step."""
+    """Return one row per (table, step), counts summed over the table's partitions, with retention per step."""
     rows = [{"table": s.table, "step": s.name, "rows_in": s.rows_in, "rows_kept": s.rows_kept,
              "rows_quarantined": s.rows_quarantined, "missing_after": sum(s.missing_after.values())} for s in steps]
-    out = pd.DataFrame(rows, columns=["table", "step", "rows_in", "rows_kept", "rows_quarantined", "missing_after"])
+    out = pd.DataFrame(rows, columns=["table", "step", *STEP_COUNTS])
+    out = out.groupby(["table", "step"], sort=False, as_index=False)[STEP_COUNTS].sum()
     return out.assign(retention=out["rows_kept"] / out["rows_in"].where(out["rows_in"] > 0))
 
 
 def retention_by_table(steps: list[CleanStep]) -> pd.DataFrame:
-    """Return rows before and after cleaning and the share retained, per table."""
-    frame = steps_frame(steps)
-    grouped = frame.groupby("table", sort=False)
-    out = pd.DataFrame({"rows_before": grouped["rows_in"].first(), "rows_after": grouped["rows_kept"].last(),
-                        "quarantined": grouped["rows_quarantined"].sum()})
+    """Return rows before and after cleaning and the share retained, per table, summed over its partitions.
+
+    Each partition's steps are a chain (its first step's input, its last step's output), so a
+    table's retention is at most 1.
+    """
+    frame = pd.DataFrame([{"table": s.table, "partition": s.partition or "", "rows_in": s.rows_in, "rows_kept": s.rows_kept,
+                           "rows_quarantined": s.rows_quarantined} for s in steps],
+                         columns=["table", "partition", "rows_in", "rows_kept", "rows_quarantined"])
+    chains = frame.groupby(["table", "partition"], sort=False).agg(
+        rows_before=("rows_in", "first"), rows_after=("rows_kept", "last"), quarantined=("rows_quarantined", "sum"))
+    out = chains.groupby(level="table", sort=False).sum()
     return out.assign(retention=out["rows_after"] / out["rows_before"].where(out["rows_before"] > 0)).reset_index()
 
 

@@ -229,6 +229,8 @@ def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: SuitePa
 
     if not assets.is_dir():
         raise DataDocsError(f"asset directory {assets} is missing: run `make datadocs-assets`")
+    if not frames:
+        raise DataDocsError(f"no table to validate into Data Docs under {out_dir}")
     root = Path(out_dir) / "gx"
     if root.exists():  # a rebuild starts from scratch: old pages would keep the CDN URLs of a previous GX
         shutil.rmtree(root)
@@ -238,5 +240,7 @@ def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: SuitePa
     validate_into_docs(ctx, frames, stage, params, refs)
     site_url = ctx.get_docs_sites_urls()[0]["site_url"]  # file:///.../data_docs/local_site/index.html
     index = Path(url2pathname(urlparse(site_url).path))
+    if not (index.is_absolute() and index.is_file() and root.resolve() in index.resolve().parents):
+        raise DataDocsError(f"GX gave the Data Docs site {site_url!r}, not a page under {root}: nothing written outside it")
     localise_site(index.parent, assets)
     return index

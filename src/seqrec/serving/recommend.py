@@ -114,14 +114,22 @@ def save_model(model: Recommender, path: Path | str, vocab: ItemVocab | None = N
     return save_checkpoint(state, path)
 
 
+class ModelFileError(ValueError):
+    """A file given as a model is not a seqrec model file; the message names it."""
+
+
 def load_model(path: Path | str) -> Recommender:
     """Return the model saved at ``path``, refusing anything that is not a weights-only checkpoint."""
     try:
         state = load_checkpoint(path)
+    except FileNotFoundError:
+        raise
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{path} is not a weights-only seqrec model file (refused to unpickle): {err}") from err
+        raise ModelFileError(f"{path} is not a weights-only seqrec model file (refused to unpickle): {err}") from err
+    except Exception as err:  # torch's reader fails in many ways on bytes that are no checkpoint
+        raise ModelFileError(f"{path} is not a seqrec model file ({type(err).__name__}: {one_line_of(err)})") from err
     if not isinstance(state, dict) or "model_type" not in state:
-        raise ValueError(f"{path} holds no 'model_type' key; not a seqrec model file")
+        raise ModelFileError(f"{path} holds no 'model_type' key; not a seqrec model file")
     model = resolve_model_class(state["model_type"]).from_state_dict(state)
     if getattr(model, "vocab", None) is None:  # a model that keeps no vocabulary itself
         model.vocab = ItemVocab(np.array(state["vocab"], dtype=object))
@@ -129,6 +137,11 @@ def load_model(path: Path | str) -> Recommender:
 
 
 # --------------------------------------------------------------------------- encoding
+def one_line_of(err: BaseException) -> str:
+    """Return the first line of an error's message."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def model_vocab(model: Recommender, vocab: ItemVocab | None = None) -> ItemVocab:
     """Return ``vocab`` if given, else the fitted model's item vocabulary (``model.vocab``)."""
     vocab = vocab if vocab is not None else getattr(model, "vocab", None)
