@@ -15,7 +15,10 @@ from seqrec.config import SeqrecConfig
 CACHE = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
 # Retries with backoff on I/O tasks only.
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": [1, 5, 20]}
-LONG_TIMEOUT_S = 6 * 3600
+LONG_TIMEOUT_S = 6 * 3600  # for tasks a flow calls directly
+# THREAD_TASKS: tasks the flows submit (one per model, per day) run in Prefect's worker threads, where a
+# timeout cannot interrupt the work (Prefect warns so on every run, and the limit would only act after the
+# work ended): they carry none; bound a whole run with the deployment's or the flow's own timeout.
 
 
 @functools.cache

@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from seqrec.pipeline import models as stages
 from seqrec.config import EvaluationConfig, Section, TrainingConfig
 from seqrec.evaluation.comparison import comparison_rows
-from tasks.common import CACHE, LONG_TIMEOUT_S
+from tasks.common import CACHE
 
 
 @task(name="split_sessions", **CACHE)
@@ -17,14 +17,14 @@ def split_sessions(sessions_path: str, fingerprint: str, cfg: EvaluationConfig, 
     return stages.split_sessions(sessions_path, cfg, out_dir)
 
 
-@task(name="train_model", **CACHE, timeout_seconds=LONG_TIMEOUT_S, tags=["gpu"], task_run_name="train_model-{name}")
+@task(name="train_model", **CACHE, tags=["gpu"], task_run_name="train_model-{name}")  # no timeout: THREAD_TASKS
 def train_model(name: str, split: dict, section: Section | None, training: TrainingConfig, evaluation: EvaluationConfig,
                 out_dir: str, code: str, embeddings: dict | None = None) -> dict:
     """Return the trained model's file, training time and history (its own section and embeddings in the cache key)."""
     return stages.train_model(name, split["split_dir"], section, training, evaluation, out_dir, stages.path_of(embeddings))
 
 
-@task(name="evaluate_model", **CACHE, timeout_seconds=LONG_TIMEOUT_S)
+@task(name="evaluate_model", **CACHE)  # no timeout: THREAD_TASKS
 def evaluate_model(trained: dict, split: dict, cfg: EvaluationConfig, code: str) -> dict:
     """Return full-ranking metrics (and breakdowns) of one trained model on the test part."""
     return stages.evaluate_trained(trained, split["split_dir"], cfg)

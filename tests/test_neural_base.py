@@ -96,3 +96,11 @@ def test_neural_models_trained_by_parallel_threads_equal_lone_runs(tmp_path):
     items, lengths = cycles(8, seed=3).padded(np.arange(8))
     for name, future in side_by_side:
         np.testing.assert_array_equal(future.result().score_last(items, lengths), lone[name].score_last(items, lengths))
+
+
+def test_logs_get_one_line_per_epoch_instead_of_progress_bars(capsys):
+    model = build_model("gru4rec", SECTIONS["gru4rec"], TRAIN.model_copy(update={"progress": True}))
+    model.fit(cycles(60))  # pytest's stderr is no terminal: the bars stay off, the epochs are reported
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert [line.split(":")[0] for line in lines] == ["gru4rec epoch 1/2", "gru4rec epoch 2/2"], lines
+    assert "events/s" in lines[0] and "valid" not in lines[0]  # no validation given

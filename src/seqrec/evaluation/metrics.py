@@ -344,7 +344,7 @@ def evaluate_model(
     rank_batch = rank_all_targets if targets == "all" else rank_last_targets
     records = TargetRecords()
     with torch.no_grad():
-        for idx in tqdm(batch_sessions(data, cfg.batch_size), desc=f"evaluate {model.name}", disable=not progress):
+        for idx in tqdm(batch_sessions(data, cfg.batch_size), desc=f"evaluate {model.name}", disable=None if progress else True):
             try:
                 rank_batch(model, data, idx, ranker, records)
             except ValueError as err:  # add which model and which sessions, then re-raise

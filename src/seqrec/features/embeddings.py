@@ -178,7 +178,7 @@ def run_epoch(model: ItemEncoder, pairs: tuple[np.ndarray, np.ndarray], cfg: Emb
     device = next(model.parameters()).device
     left, right = (torch.from_numpy(x).to(device) for x in pairs)
     losses = []
-    for lo in tqdm(range(0, len(left), cfg.batch_size), desc=desc, disable=not progress, leave=False):
+    for lo in tqdm(range(0, len(left), cfg.batch_size), desc=desc, disable=None if progress else True, leave=False):
         hi = min(lo + cfg.batch_size, len(left))
         if hi - lo >= 2:  # a trailing batch of one pair has no negatives: skipped
             losses.append(train_step(model, left[lo:hi], right[lo:hi], cfg, opts, scaler))

@@ -103,7 +103,8 @@ class NeuralRecommender(Recommender):
         """Run the resumable fit loop for ``cfg.epochs`` on the built network; keep and return its history."""
         state = {"config": {**config_to_dict(self.cfg), "seed": self.training.seed}, "vocab": [str(i) for i in self.vocab.ids]}
         self.history = fit_epochs(self.net, optimizer, make_batches, step, self.training, self.cfg.epochs,
-                                  validate=validate, checkpoint_path=self.checkpoint_path, extra_state=state, **loop)
+                                  validate=validate, checkpoint_path=self.checkpoint_path, extra_state=state, name=self.name,
+                                  **loop)
         return self.history
 
     def state_dict(self) -> dict:

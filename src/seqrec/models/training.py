@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -192,6 +193,7 @@ class FitLoop:
     get_loop_state: Callable[[], dict] | None
     set_loop_state: Callable[[dict], None] | None
     device: torch.device = torch.device("cpu")
+    name: str = "model"  # names the progress bar and the per-epoch lines
     scaler: Any = None
     state: LoopState = field(default_factory=LoopState)
 
@@ -251,7 +253,8 @@ class FitLoop:
             restore_rng_states(resumed["rng"])
             if resumed["carry"] is not None and self.set_loop_state is not None:
                 self.set_loop_state(resumed["carry"])
-        bar = tqdm(it, total=total, initial=s.step, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.cfg.progress)
+        bar = tqdm(it, total=total, initial=s.step, desc=f"{self.name} epoch {epoch + 1}/{self.epochs}",
+                   disable=None if self.cfg.progress else True)  # None: a bar on a terminal only
         start = time.perf_counter() - s.seconds
         for batch in bar:
             loss, n = self.train_step(batch)
@@ -281,9 +284,19 @@ class FitLoop:
             else:
                 s.bad_epochs += 1
             h.stopped_early = 0 < self.cfg.patience <= s.bad_epochs
+        self.report_epoch()
         s.epoch, s.step, s.loss_sum, s.events, s.seconds = s.epoch + 1, 0, 0.0, 0, 0.0
         s.finished = h.stopped_early
         self.save()
+
+    def report_epoch(self) -> None:
+        """Print one line for the epoch just recorded where no progress bar shows (logs, not a terminal)."""
+        if not self.cfg.progress or sys.stderr.isatty():
+            return
+        h = self.state.history
+        valid = "" if math.isnan(h.valid_metric[-1]) else f", valid {h.metric_name} {h.valid_metric[-1]:.4f}"
+        print(f"{self.name} epoch {self.state.epoch + 1}/{self.epochs}: loss {h.loss[-1]:.4f}{valid}, "
+              f"{h.events_per_second[-1]:.0f} events/s, {h.seconds[-1]:.1f} s", file=sys.stderr, flush=True)
 
 
 def check_checkpoint_config(ckpt: dict, extra_state: dict, path: Path | str) -> None:
@@ -310,6 +323,7 @@ def fit_epochs(
     loss_reduction: Literal["mean", "sum"] = "mean",
     get_loop_state: Callable[[], dict] | None = None,
     set_loop_state: Callable[[dict], None] | None = None,
+    name: str = "model",
 ) -> TrainingHistory:
     """Train for ``epochs`` (resuming from ``checkpoint_path`` if it exists); return the history.
 
@@ -319,7 +333,7 @@ def fit_epochs(
     device = next(module.parameters()).device
     loop = FitLoop(module, optimizer, make_batches, step, validate, cfg, epochs,
                    Path(checkpoint_path) if checkpoint_path else None, dict(extra_state or {}),
-                   loss_reduction, get_loop_state, set_loop_state, device)
+                   loss_reduction, get_loop_state, set_loop_state, device, name)
     loop.state.history.metric_name = cfg.valid_metric
     loop.scaler = torch.amp.GradScaler("cuda", enabled=use_amp(cfg, device))
     resumed = loop.resume()
