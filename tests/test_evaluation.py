@@ -226,3 +226,19 @@ def test_scores_of_the_wrong_catalogue_size_are_an_error():
     test = make_sessions([[1, 2]], n_items=3)  # catalogue of 3 items: scores need 4 columns
     with pytest.raises(ValueError, match=r"fixed returned scores of shape \(1, 3\), expected \(1, 4\)"):
         evaluate_model(FixedScores([0.0, 1.0, 2.0]), test, EvaluationConfig())
+
+
+def test_evaluation_reports_classification_beyond_accuracy_and_intervals():
+    # every prefix gets the list 3, 1, 2 (padding's high score never counts); targets: 1, 3 (session 1), 2 (session 2)
+    test = make_sessions([[2, 1, 3], [1, 2]], n_items=4)
+    model = FixedScores([9.0, 0.5, 0.2, 0.9, 0.0])
+    support = np.array([0, 8, 4, 2, 0])  # item 4 never seen in training
+    result = evaluate_model(model, test, EvaluationConfig(cutoffs=(1, 2)), train_support=support)
+    assert result.n_targets == 3 and result.target_ranks.tolist() == [2.0, 3.0, 1.0]  # by step: both first targets, then the next
+    assert result.classification == {"accuracy": pytest.approx(1 / 3), "macro_precision": pytest.approx((0 + 0 + 1 / 3) / 3),
+                                     "macro_recall": pytest.approx((0 + 0 + 1) / 3), "items": 3}  # top-1 is item 3 each time
+    assert result.beyond["k"] == 2 and result.beyond["coverage"] == 0.5  # items 3 and 1 of 4
+    assert result.beyond["gini"] == pytest.approx(0.5)  # counts 3, 0, 3, 0
+    lo, hi = result.intervals["recall@2"]
+    assert lo <= 2 / 3 <= hi and "target_ranks" not in result.to_dict()
+    json.dumps(result.to_dict())  # what reports and tasks store stays JSON

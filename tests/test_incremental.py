@@ -13,7 +13,7 @@ from seqrec.synthetic.generate import generate_tecd
 
 FIRST_DAY, DAYS = 1082, 4
 PER_DAY = ("validate_events_day-raw-{d}", "clean_events_day-{d}", "validate_events_day-cleaned-{d}")
-UNCACHED = ("resolve_data_root", "write_quality_report")  # not cached by design: cheap, or publish artifacts
+UNCACHED = ("resolve_data_root", "write_quality_report", "check_cleaned_gate")  # not cached by design: cheap, or publish artifacts
 
 
 @pytest.fixture(scope="module")

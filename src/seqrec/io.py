@@ -100,6 +100,22 @@ def write_figure(fig, dest: Path | str, dpi: int = 100) -> Path:
     return Path(dest)
 
 
+def write_array(values: Any, dest: Path | str) -> Path:
+    """Write a numeric array as ``.npy`` atomically (no pickle); return its path."""
+    import numpy as np
+
+    with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(values), allow_pickle=False)
+    return Path(dest)
+
+
+def read_array(path: Path | str) -> Any:
+    """Return an array written by ``write_array`` (refusing pickled objects)."""
+    import numpy as np
+
+    return np.load(Path(path), allow_pickle=False)
+
+
 def write_json(obj: Any, dest: Path | str) -> Path:
     """Write JSON atomically (sorted keys, indented); return its path."""
     return write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", dest)

@@ -11,13 +11,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from seqrec.evaluation import sections as S  # noqa: E402
 
 HEADLINE = ("recall@20", "mrr@20", "ndcg@20", "recall@10", "ndcg@10")
-
-
-def _fmt(value: Any) -> str:
-    """Return a metric formatted to four decimals (or as text)."""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def comparison_rows(results: list[dict[str, Any]], metrics: tuple[str, ...] = HEADLINE) -> list[dict[str, Any]]:
@@ -37,17 +35,34 @@ def protocol_line(protocol: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(protocol.items()))
 
 
-def render_comparison_markdown(results: list[dict[str, Any]], protocol: dict[str, Any], title: str) -> str:
-    """Return a markdown report: protocol line and one metrics row per model."""
+def headline_k(protocol: dict[str, Any]) -> int:
+    """Return the cut-off the analyses use: 20 when evaluated, else the largest."""
+    cutoffs = tuple(protocol.get("cutoffs", (20,)))
+    return 20 if 20 in cutoffs else max(cutoffs)
+
+
+def analysis_sections(results: list[dict[str, Any]], k: int, paired: list[dict[str, Any]]) -> list[tuple[str, list, str]]:
+    """Return (title, rows, note) of every analysis section, in report order."""
+    names = sorted({n for r in results for n in r.get("breakdowns", {})})
+    return [
+        (f"Recall@{k} and MRR@{k} with 95% bootstrap intervals", S.headline_rows(results, k), "intervals resample targets"),
+        ("Against the best baseline", paired, S.PAIRED_NOTE),
+        ("Classification view", S.classification_rows(results), S.CLASSIFICATION_NOTE),
+        (f"Beyond accuracy at K={k}", S.beyond_rows(results), S.BEYOND_NOTE),
+        *[(f"Recall@{k} by {n.replace('_', ' ')}", S.breakdown_rows(results, n, f"recall@{k}"), "") for n in names],
+    ]
+
+
+def render_comparison_markdown(results: list[dict[str, Any]], protocol: dict[str, Any], title: str,
+                               paired: list[dict[str, Any]] | None = None) -> str:
+    """Return a markdown report: protocol line, one metrics row per model, then every analysis section."""
     rows = comparison_rows(results)
     if not rows:
         return f"# {title}\n\nNo models were evaluated.\n"
-    cols = list(rows[0])
     lines = [f"# {title}", "", f"**Protocol:** {protocol_line(protocol)}", ""]
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|" + "---|" * len(cols))
-    for row in sorted(rows, key=lambda r: -r.get("recall@20", 0)):
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    lines.append(S.markdown_table(sorted(rows, key=lambda r: -r.get("recall@20", 0))))
+    for heading, section, note in analysis_sections(results, headline_k(protocol), paired or []):
+        lines += [f"## {heading}", "", S.markdown_table(section)] + ([f"_{note}_", ""] if note else [])
     return "\n".join(lines) + "\n"
 
 
@@ -88,23 +103,54 @@ def plot_training_curves(results: list[dict[str, Any]]) -> str | None:
     return _png(fig)
 
 
-def render_comparison_html(results: list[dict[str, Any]], protocol: dict[str, Any], title: str) -> str:
-    """Return a self-contained HTML page (no network) with the table and plots."""
-    rows = comparison_rows(results)
-    cols = list(rows[0]) if rows else []
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols) + "</tr>"
-        for r in sorted(rows, key=lambda r: -r.get("recall@20", 0))
-    )
+def plot_breakdowns(results: list[dict[str, Any]], k: int) -> str | None:
+    """Return a PNG data URI of small multiples: one panel per breakdown, Recall@k per group and model."""
+    names = sorted({n for r in results for n in r.get("breakdowns", {})})
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+    width = 0.8 / max(len(results), 1)
+    for ax, name in zip(axes[0], names):
+        rows = S.breakdown_rows(results, name, f"recall@{k}")
+        x = np.arange(len(rows))
+        for i, r in enumerate(results):
+            ax.bar(x + i * width, [row[S.label_of(r)] for row in rows], width, label=S.label_of(r))
+        ax.set_xticks(x + width * (len(results) - 1) / 2, [str(row[name]) for row in rows], fontsize=7, rotation=30)
+        ax.set_title(name.replace("_", " "), fontsize=9)
+    axes[0][0].set_ylabel(f"Recall@{k}")
+    axes[0][-1].legend(fontsize=6)
+    return _png(fig)
+
+
+def plot_validation_curves(results: list[dict[str, Any]]) -> str | None:
+    """Return a PNG data URI of the validation metric per epoch of the epoch-selection runs, or None."""
+    curves = [(S.label_of(r), r["selection"]) for r in results if r.get("selection", {}).get("valid_metric")]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, sel in curves:
+        ax.plot(range(1, len(sel["valid_metric"]) + 1), sel["valid_metric"], marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {curves[0][1].get('metric', '')}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def render_comparison_html(results: list[dict[str, Any]], protocol: dict[str, Any], title: str,
+                           paired: list[dict[str, Any]] | None = None) -> str:
+    """Return a self-contained HTML page (no network) with the tables, the analysis sections and plots."""
+    rows = sorted(comparison_rows(results), key=lambda r: -r.get("recall@20", 0))
+    k = headline_k(protocol)
+    sections = "".join(f"<h2>{html.escape(h)}</h2>{S.html_table(rows_)}" + (f'<p class="note">{html.escape(n)}</p>' if n else "")
+                       for h, rows_, n in analysis_sections(results, k, paired or []))
     cutoffs = tuple(protocol.get("cutoffs", (1, 5, 10, 20)))
-    imgs = [plot_metric_curves(results, cutoffs)] if results else []
-    curves = plot_training_curves(results)
-    imgs += [curves] if curves else []
-    figures = "".join(f'<img alt="plot" src="{src}"/>' for src in imgs)
+    plots = [plot_metric_curves(results, cutoffs)] if results else []
+    plots += [p for p in (plot_breakdowns(results, k), plot_training_curves(results), plot_validation_curves(results)) if p]
+    figures = "".join(f'<img alt="plot" src="{src}"/>' for src in plots)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}
+<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin-bottom:.5em}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}.note{{color:#555;font-size:90%;max-width:60em}}
 .protocol{{background:#fff8e1;padding:8px;border-left:4px solid #f0b400}}img{{max-width:100%}}</style></head>
 <body><h1>{html.escape(title)}</h1><p class="protocol"><b>Protocol:</b> {html.escape(protocol_line(protocol))}</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{figures}</body></html>"""
+{S.html_table(rows)}{figures}{sections}</body></html>"""

@@ -32,7 +32,7 @@ The protocol is explicit and written into every result (``EvaluationResult.proto
 from __future__ import annotations
 
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Literal
 
 import numpy as np
@@ -40,8 +40,12 @@ import torch
 from tqdm import tqdm
 
 from seqrec.config import EvaluationConfig
+from seqrec.evaluation.analysis import beyond_accuracy, bootstrap_interval, classification_view
+from seqrec.evaluation.ranks import as_scores, check_no_nan, metrics_from_ranks, rank_against, ranks_from_scores, top_items
 from seqrec.models.base import Recommender
 from seqrec.sequences import SessionDataset
+
+__all__ = ["EvaluationResult", "evaluate_model", "make_validator", "as_scores", "metrics_from_ranks", "ranks_from_scores"]
 
 TARGETS_BY_PROTOCOL = {"session": "all", "loo": "last"}
 PREFIX_EDGES = (1, 2, 3, 5, 10, 20)  # prefix-length buckets: [1], [2], [3,5), [5,10), [10,20), [20,inf)
@@ -50,81 +54,20 @@ HEAD_SHARE = 0.2
 
 @dataclass
 class EvaluationResult:
-    """Metrics over all targets, per-group breakdowns, and the protocol that produced them."""
+    """Metrics over all targets, per-group breakdowns, the analyses of ``analysis.py``, and the protocol."""
 
     metrics: dict[str, float]
     n_targets: int
     breakdowns: dict[str, dict[str, dict[str, float]]]
     protocol: dict
+    classification: dict = field(default_factory=dict)  # accuracy, macro precision / recall (full ranking only)
+    beyond: dict | None = None  # coverage, Gini, popularity percentile, novelty at the largest cut-off
+    intervals: dict = field(default_factory=dict)  # bootstrap 95% interval of recall@K and mrr@K, K the largest cut-off
+    target_ranks: np.ndarray | None = field(default=None, repr=False)  # (n_targets,) for paired tests; not in to_dict
 
     def to_dict(self) -> dict:
-        """Return a JSON-safe dict of the whole result."""
-        return asdict(self)
-
-
-def count_above(scores: np.ndarray, target_scores: np.ndarray, strict: bool, skip_pad: bool) -> np.ndarray:
-    """Return per row the number of scores (R, N) >= (or > if strict) the row's target score (R,)."""
-    compare = np.greater if strict else np.greater_equal
-    counts = compare(scores, target_scores[:, None]).sum(1)  # (R,); numpy: ~6x torch's bool sum on CPU
-    if skip_pad:
-        counts -= compare(scores[:, 0], target_scores)  # column 0 is padding, never a candidate
-    return counts
-
-
-def rank_against(target_scores: np.ndarray, scores: np.ndarray, ties: str, skip_pad: bool = False) -> np.ndarray:
-    """Return float64 ranks (R,) of target scores (R,) among candidate scores (R, N) that include them."""
-    if ties == "conservative":
-        ranks = count_above(scores, target_scores, False, skip_pad).astype(np.float64)
-    elif ties == "optimistic":
-        ranks = 1.0 + count_above(scores, target_scores, True, skip_pad)
-    elif ties == "average":
-        at_least = count_above(scores, target_scores, False, skip_pad)
-        ranks = 0.5 * (at_least + 1 + count_above(scores, target_scores, True, skip_pad))
-    else:
-        raise ValueError(f"ties={ties!r} is not one of conservative, optimistic, average")
-    ranks[np.isneginf(target_scores)] = np.inf
-    return ranks
-
-
-def check_no_nan(scores: np.ndarray) -> None:
-    """Raise if any candidate score (columns 1..V of (B, V + 1)) is NaN, naming the rows."""
-    if not np.isnan(scores[:, 1:].sum(1)).any():  # one fast reduction; exact check only if flagged
-        return
-    nan_rows = np.flatnonzero(np.isnan(scores[:, 1:]).any(1))
-    if len(nan_rows):  # (a flagged row may only hold +inf and -inf)
-        raise ValueError(f"scores hold NaN in {len(nan_rows)} of {len(scores)} rows (first: row {nan_rows[0]})")
-
-
-def as_scores(scores) -> np.ndarray:
-    """Return scores as a numpy array (a torch tensor is moved to the CPU)."""
-    if isinstance(scores, torch.Tensor):
-        return scores.detach().cpu().numpy()
-    return np.asarray(scores)
-
-
-def ranks_from_scores(scores: np.ndarray, targets: np.ndarray, ties: str = "conservative") -> np.ndarray:
-    """Return float64 ranks (B,) of targets (B,) in 1..V under full ranking of scores (B, V + 1)."""
-    scores, targets = as_scores(scores), np.asarray(targets, dtype=np.int64)
-    n_items = scores.shape[1] - 1
-    if len(targets) and (targets.min() < 1 or targets.max() > n_items):
-        raise ValueError(f"targets must be item indices in 1..{n_items}, got {targets.min()}..{targets.max()}")
-    check_no_nan(scores)
-    target_scores = scores[np.arange(len(targets)), targets]  # (B,)
-    return rank_against(target_scores, scores, ties, skip_pad=True)
-
-
-def metrics_from_ranks(ranks: np.ndarray, cutoffs) -> dict[str, float]:
-    """Return recall@K, hr@K, mrr@K and ndcg@K (means over targets) for every cut-off K."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    if len(ranks) == 0:
-        raise ValueError("metrics_from_ranks: no ranks (no targets) to compute metrics from")
-    out: dict[str, float] = {}
-    for k in cutoffs:
-        hit = ranks <= k
-        out[f"recall@{k}"] = out[f"hr@{k}"] = float(hit.mean())
-        out[f"mrr@{k}"] = float(np.where(hit, 1.0 / ranks, 0.0).mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
-    return out
+        """Return a JSON-safe dict of the whole result (without the per-target ranks)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "target_ranks"}
 
 
 def sample_negatives(rng: np.random.Generator, n_items: int, seen: np.ndarray, n: int) -> np.ndarray:
@@ -150,17 +93,21 @@ class TargetRanker:
     candidates: str
     n_negatives: int
     rng: np.random.Generator
+    top_k: int = 0  # length of the recommendation lists kept per target (full ranking only)
     repeats_excluded: int = 0
 
-    def rank(self, scores: np.ndarray, targets: np.ndarray, prefix: np.ndarray, sequence: np.ndarray) -> np.ndarray:
-        """Return ranks (R,) of targets (R,) from scores (R, V + 1), prefixes (R, P) and sequences (R, L)."""
+    def rank(self, scores: np.ndarray, targets: np.ndarray, prefix: np.ndarray, sequence: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Return ranks (R,) of targets (R,) and each row's top ``top_k`` items (R, k; k = 0 when sampled)
+        from scores (R, V + 1), prefixes (R, P) and sequences (R, L)."""
         if self.candidates == "sampled":
-            return self.rank_sampled(scores, targets, sequence)
+            return self.rank_sampled(scores, targets, sequence), np.zeros((len(targets), 0), dtype=np.int64)
+        scores = as_scores(scores)
         if self.exclude_seen:
-            scores = np.array(as_scores(scores), copy=True)  # never modify the model's array
+            scores = np.array(scores, copy=True)  # never modify the model's array
             np.put_along_axis(scores, prefix, -np.inf, axis=1)  # padding 0 hits column 0 only
             self.repeats_excluded += int((prefix == targets[:, None]).any(1).sum())
-        return ranks_from_scores(scores, targets, self.ties)
+        return ranks_from_scores(scores, targets, self.ties), top_items(scores, self.top_k)
 
     def rank_sampled(self, scores: np.ndarray, targets: np.ndarray, sequence: np.ndarray) -> np.ndarray:
         """Return ranks (R,) of targets among [target, n_negatives unseen random items]."""
@@ -173,7 +120,7 @@ class TargetRanker:
         return rank_against(cand_scores[:, 0], cand_scores, self.ties)
 
 
-RECORD_FIELDS = ("ranks", "items", "events", "prefix_lengths", "session_lengths", "repeats")
+RECORD_FIELDS = ("ranks", "items", "events", "prefix_lengths", "session_lengths", "repeats", "top")
 
 
 @dataclass
@@ -234,8 +181,8 @@ def rank_all_targets(
             scores = check_scores(scores, len(idx), data.vocab.size, model.name)
             scores = scores if len(rows) == len(scores) else scores[rows]  # (R, V + 1)
             targets = items[rows, t + 1]  # (R,)
-            ranks = ranker.rank(scores, targets, inputs[rows, : t + 1], items[rows])
-            out.add(ranks=ranks, items=targets, events=data.offsets[idx[rows]] + t + 1,
+            ranks, top = ranker.rank(scores, targets, inputs[rows, : t + 1], items[rows])
+            out.add(ranks=ranks, top=top, items=targets, events=data.offsets[idx[rows]] + t + 1,
                     prefix_lengths=np.full(len(rows), t + 1), session_lengths=lens[rows],
                     repeats=(inputs[rows, : t + 1] == targets[:, None]).any(1))
     if steps != inputs.shape[1]:
@@ -253,7 +200,8 @@ def rank_last_targets(
     inputs[rows, lens - 1] = 0
     inputs = inputs[:, : int(lens.max()) - 1]  # (B, L - 1)
     scores = check_scores(model.score_last(inputs, lens - 1), len(idx), data.vocab.size, model.name)  # (B, V + 1)
-    out.add(ranks=ranker.rank(scores, targets, inputs, items), items=targets, events=data.offsets[idx] + lens - 1,
+    ranks, top = ranker.rank(scores, targets, inputs, items)
+    out.add(ranks=ranks, top=top, items=targets, events=data.offsets[idx] + lens - 1,
             prefix_lengths=lens - 1, session_lengths=lens, repeats=(inputs == targets[:, None]).any(1))
 
 
@@ -335,12 +283,13 @@ def evaluate_model(
     exclude_seen: bool | None = None,
     progress: bool = False,
 ) -> EvaluationResult:
-    """Return metrics, breakdowns and protocol of ``model`` on ``data`` (``None`` = from ``cfg``)."""
+    """Return metrics, breakdowns, analyses and protocol of ``model`` on ``data`` (``None`` = from ``cfg``)."""
     targets = targets or TARGETS_BY_PROTOCOL[cfg.protocol]
     if targets not in ("all", "last"):
         raise ValueError(f"targets={targets!r} is not 'all' or 'last'")
     exclude = cfg.exclude_seen if exclude_seen is None else exclude_seen
-    ranker = TargetRanker(cfg.ties, exclude, cfg.candidates, cfg.n_negatives, np.random.default_rng(cfg.seed))
+    ranker = TargetRanker(cfg.ties, exclude, cfg.candidates, cfg.n_negatives, np.random.default_rng(cfg.seed),
+                          top_k=max(cfg.cutoffs))
     rank_batch = rank_all_targets if targets == "all" else rank_last_targets
     records = TargetRecords()
     with torch.no_grad():
@@ -352,12 +301,23 @@ def evaluate_model(
                 raise ValueError(f"evaluate {model.name} on sessions {keys}...: {err}") from err
     if not records.chunks["ranks"]:
         raise ValueError(f"evaluate {model.name}: none of the {data.n_sessions} sequences has 2 or more events")
-    ranks = records.column("ranks")
+    return summarise_records(records, data, cfg, train_support, describe_protocol(cfg, targets, exclude, data, ranker))
+
+
+def summarise_records(records: TargetRecords, data: SessionDataset, cfg: EvaluationConfig,
+                      train_support: np.ndarray | None, protocol: dict) -> EvaluationResult:
+    """Return the result of ranked targets: metrics, breakdowns, classification view, beyond accuracy, intervals."""
+    ranks, top, items = records.column("ranks"), records.column("top"), records.column("items").astype(np.int64)
+    full = top.ndim == 2 and top.shape[1] > 0
+    k = max(cfg.cutoffs)
+    hits, rr = (ranks <= k).astype(np.float64), np.where(ranks <= k, 1.0 / ranks, 0.0)
     return EvaluationResult(
-        metrics_from_ranks(ranks, cfg.cutoffs),
-        len(ranks),
-        build_breakdowns(records, data, cfg.cutoffs, train_support),
-        describe_protocol(cfg, targets, exclude, data, ranker),
+        metrics_from_ranks(ranks, cfg.cutoffs), len(ranks), build_breakdowns(records, data, cfg.cutoffs, train_support),
+        protocol,
+        classification=classification_view(ranks, items, top[:, 0]) if full else {},
+        beyond=beyond_accuracy(top, train_support) if full and train_support is not None else None,
+        intervals={f"recall@{k}": bootstrap_interval(hits, cfg.seed), f"mrr@{k}": bootstrap_interval(rr, cfg.seed)},
+        target_ranks=ranks,
     )
 
 

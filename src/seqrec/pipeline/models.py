@@ -151,8 +151,10 @@ def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfi
     data, reenc = reencode_sessions(data, model.vocab)  # a no-op when the model trained on this split
     start = time.perf_counter()
     result = evaluate_model(model, data, cfg, train_support=model_support(train, model.vocab))
+    ranks = io.write_array(result.target_ranks, Path(model_path).with_suffix(f".{part}_ranks.npy"))  # for paired tests
     out = result.to_dict()
-    out.update(model=model.name, label=model.label(), part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3))
+    out.update(model=model.name, label=model.label(), part=part, reencoding=reenc, target_ranks=str(ranks),
+               eval_seconds=round(time.perf_counter() - start, 3))
     return out
 
 
@@ -171,11 +173,14 @@ def model_support(train, vocab) -> np.ndarray:
 
 def write_model_report(results: list[dict[str, Any]], out_dir: str, title: str = "Model comparison") -> dict[str, Any]:
     """Write the comparison report (markdown, HTML, JSON) and return its paths."""
-    from seqrec.evaluation.comparison import render_comparison_html, render_comparison_markdown
+    from seqrec.evaluation.comparison import headline_k, render_comparison_html, render_comparison_markdown
+    from seqrec.evaluation.sections import label_of, paired_rows
 
     protocol = results[0]["protocol"] if results else {}
+    ranks = {label_of(r): io.read_array(r["target_ranks"]) for r in results if Path(r.get("target_ranks", "")).is_file()}
+    paired = paired_rows(results, ranks, headline_k(protocol)) if results else []
     out = Path(out_dir)
-    md = io.write_text(render_comparison_markdown(results, protocol, title), out / "models.md")
-    page = io.write_text(render_comparison_html(results, protocol, title), out / "models.html")
+    md = io.write_text(render_comparison_markdown(results, protocol, title, paired), out / "models.md")
+    page = io.write_text(render_comparison_html(results, protocol, title, paired), out / "models.html")
     data = io.write_json(results, out / "models.json")
     return {"markdown": str(md), "html": str(page), "json": str(data)}
