@@ -97,12 +97,12 @@ def train_flow(features: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(trained: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
-    """Evaluate every trained model with full ranking and publish the comparison report."""
+def evaluate_flow(trained: dict, config: SeqrecConfig = SeqrecConfig(), embeddings: dict | None = None) -> dict:
+    """Evaluate every trained model with full ranking and publish the comparison report (with the embeddings' map)."""
     code = code_version()
     futures = [bind(M.evaluate_model, config).submit(t, trained["split"], config.evaluation, code) for t in trained["trained"]]
     results = [f.result() for f in futures]
-    report = M.write_model_report(results, stage_dir(config, "reports"))
+    report = M.write_model_report(results, stage_dir(config, "reports"), embeddings)
     return {"results": results, "report": report}
 
 
@@ -115,7 +115,7 @@ def pipeline_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
     cleaned = clean_flow(ingested=ingested, config=config)
     features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
     trained = train_flow(features=features, config=config)
-    evaluated = evaluate_flow(trained=trained, config=config)
+    evaluated = evaluate_flow(trained=trained, config=config, embeddings=features.get("embeddings"))
     reports = {"quality": cleaned["report"]["html"], **evaluated["report"],
                "data_docs_raw": quality["tables"]["data_docs"], "data_docs_cleaned": cleaned["checked_tables"]["data_docs"]}
     log.info("Reports: %s", reports)

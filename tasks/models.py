@@ -31,9 +31,9 @@ def evaluate_model(trained: dict, split: dict, cfg: EvaluationConfig, code: str)
 
 
 @task(name="write_model_report")
-def write_model_report(results: list[dict], out_dir: str) -> dict:
+def write_model_report(results: list[dict], out_dir: str, embeddings: dict | None = None) -> dict:
     """Return the comparison report's paths; publish metrics as Prefect artifacts."""
-    paths = stages.write_model_report(results, out_dir)
+    paths = stages.write_model_report(results, out_dir, embeddings=embeddings)
     create_table_artifact(comparison_rows(results), key="model-metrics", description="Full-ranking metrics per model")
     create_markdown_artifact(open(paths["markdown"]).read() + f"\n\nHTML report: `{paths['html']}`\n", key="model-report")
     return paths

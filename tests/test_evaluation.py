@@ -242,3 +242,18 @@ def test_evaluation_reports_classification_beyond_accuracy_and_intervals():
     lo, hi = result.intervals["recall@2"]
     assert lo <= 2 / 3 <= hi and "target_ranks" not in result.to_dict()
     json.dumps(result.to_dict())  # what reports and tasks store stays JSON
+
+
+def test_breakdowns_by_subdomain_and_cross_domain_transitions(tmp_path):
+    from seqrec import io
+
+    test = make_sessions([[2, 1, 3], [1, 2]], n_items=4)
+    labels = {"subdomain": np.array(["u2i", "search", "none", "catalog", "search"]),
+              "domain": np.array(["marketplace", "retail", "retail", "marketplace", "marketplace"])}
+    test = SessionDataset(test.vocab, test.offsets, test.items, test.times, test.session_keys, None, labels)
+    test = io.load_sessions(io.save_sessions(test, tmp_path / "t.npz"))  # the labels survive the split files
+    b = evaluate_model(FixedScores([9.0, 0.5, 0.2, 0.9, 0.0]), test, EvaluationConfig(cutoffs=(1,))).breakdowns
+    # targets: item 1 (search, retail after marketplace), item 3 (none, retail after retail), item 2 (search, same domain)
+    assert {g: v["n_targets"] for g, v in b["subdomain"].items()} == {"none": 1, "search": 2}
+    assert b["cross_domain"]["cross"]["n_targets"] == 1 and b["cross_domain"]["same"]["n_targets"] == 2
+    assert b["cross_domain"]["same"]["recall@1"] == 0.5  # item 3 ranks first, item 2 does not

@@ -38,7 +38,24 @@ def report(tmp_path_factory) -> dict:
     cfg, training = EvaluationConfig(), TrainingConfig(device="cpu", progress=False)
     results = [evaluate_trained(train_model(name, split["split_dir"], None, training, cfg, str(tmp / "models")),
                                 split["split_dir"], cfg) for name in ("popularity", "markov")]
-    return write_model_report(results, str(tmp / "reports"))
+    return write_model_report(results, str(tmp / "reports"), embeddings=fake_embeddings(tmp / "emb"))
+
+
+def fake_embeddings(out: Path) -> dict:
+    """Write what the embeddings stage leaves for the report: neighbours of 3 items and a map PNG."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from seqrec import io
+
+    rows = [(item, rank, f"n{item}{rank}", sim - rank / 100) for item, sim in (("a", 0.9), ("b", 0.99), ("c", 0.95))
+            for rank in (1, 2)]
+    io.write_table(pd.DataFrame(rows, columns=["item_id", "rank", "neighbour", "similarity"]), out / "nearest_neighbours.parquet")
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(out / "embedding_map.png")
+    plt.close(fig)
+    return {"path": str(out / "item_embeddings.npz"), "map": str(out / "embedding_map.png")}
 
 
 def test_the_report_holds_every_analysis_with_its_definition(report):
@@ -51,6 +68,13 @@ def test_the_report_holds_every_analysis_with_its_definition(report):
     markov = next(r for r in results if r["model"] == "markov")
     assert markov["classification"]["accuracy"] > 0.9  # the cycle's next item is always the successor
     assert markov["beyond"]["coverage"] == 1.0  # every item is some item's successor
+
+
+def test_the_embedding_neighbours_closest_first(report):
+    md = Path(report["markdown"]).read_text()
+    section = md.split("## Item embeddings: nearest neighbours")[1]
+    assert section.index("| b | nb1 (0.980)") < section.index("| c |") < section.index("| a |")  # b's neighbour is closest
+    assert "embedding map" in Path(report["html"]).read_text()
 
 
 def test_the_paired_test_finds_the_real_gap_and_not_the_tie(report):

@@ -179,6 +179,7 @@ def save_sessions(ds: "SessionDataset", dest: Path | str) -> Path:
     }
     if ds.actions is not None:
         arrays["actions"] = np.asarray(ds.actions, dtype=str)
+    arrays.update({f"label_{k}": np.asarray(v, dtype=str) for k, v in ds.event_labels.items()})
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -193,7 +194,8 @@ def load_sessions(path: Path | str) -> "SessionDataset":
 
     with np.load(path, allow_pickle=False) as z:
         actions = z["actions"].astype(object) if "actions" in z else None
+        labels = {k.removeprefix("label_"): z[k] for k in z.files if k.startswith("label_")}
         return SessionDataset(
             ItemVocab(z["vocab"].astype(object)), z["offsets"], z["items"], z["times"],
-            z["session_keys"].astype(object), actions,
+            z["session_keys"].astype(object), actions, labels,
         )

@@ -7,7 +7,7 @@ index 0 is reserved for padding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -16,6 +16,7 @@ import pandas as pd
 from seqrec import columns as C
 
 PAD = 0
+EVENT_LABELS = (C.SUBDOMAIN, C.DOMAIN)  # per-event columns kept for the evaluation's breakdowns
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class SessionDataset:
     times: np.ndarray  # (n_events,) int64 timestamps (microseconds)
     session_keys: np.ndarray  # (n_sessions,) original session (or user) ids
     actions: np.ndarray | None = None  # (n_events,) action types, for breakdowns
+    event_labels: dict[str, np.ndarray] = field(default_factory=dict)  # (n_events,) each: subdomain, domain (breakdowns)
 
     def __post_init__(self) -> None:
         assert self.offsets[0] == 0 and self.offsets[-1] == len(self.items), "offsets do not cover items"
@@ -106,8 +108,9 @@ class SessionDataset:
         event_idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(lens.sum())
         offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         actions = None if self.actions is None else self.actions[event_idx]
+        labels = {k: v[event_idx] for k, v in self.event_labels.items()}
         return SessionDataset(
-            self.vocab, offsets, self.items[event_idx], self.times[event_idx], self.session_keys[idx], actions
+            self.vocab, offsets, self.items[event_idx], self.times[event_idx], self.session_keys[idx], actions, labels
         )
 
     def item_support(self) -> np.ndarray:
@@ -138,7 +141,8 @@ def build_sessions(events: pd.DataFrame, vocab: ItemVocab | None = None) -> tupl
     """
     if vocab is None:
         vocab = ItemVocab.from_items(events[C.ITEM])
-    df = events[[C.SESSION, C.TIMESTAMP, C.ITEM] + ([C.ACTION] if C.ACTION in events else [])].copy()
+    extra = [c for c in (C.ACTION, *EVENT_LABELS) if c in events]
+    df = events[[C.SESSION, C.TIMESTAMP, C.ITEM, *extra]].copy()
     df["_item"] = vocab.encode(df[C.ITEM])
     df["_row"] = np.arange(len(df))
     unknown = int((df["_item"] == PAD).sum())
@@ -157,6 +161,7 @@ def build_sessions(events: pd.DataFrame, vocab: ItemVocab | None = None) -> tupl
         df[C.TIMESTAMP].to_numpy(np.int64),
         keys[order],
         actions,
+        {c: df[c].astype(object).fillna("none").to_numpy(dtype=object).astype(str) for c in EVENT_LABELS if c in df},
     )
     return ds, unknown
 
@@ -169,7 +174,8 @@ def reencode_sessions(ds: SessionDataset, vocab: ItemVocab, min_length: int = 2)
     lens = np.bincount(session_of[known], minlength=ds.n_sessions)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     actions = None if ds.actions is None else ds.actions[known]
-    kept = SessionDataset(vocab, offsets, items[known], ds.times[known], ds.session_keys, actions)
+    labels = {k: v[known] for k, v in ds.event_labels.items()}
+    kept = SessionDataset(vocab, offsets, items[known], ds.times[known], ds.session_keys, actions, labels)
     out = kept.subset(lens >= min_length)
     report = {
         "unknown_items_removed": int((~known).sum()),

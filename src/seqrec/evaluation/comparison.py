@@ -54,7 +54,7 @@ def analysis_sections(results: list[dict[str, Any]], k: int, paired: list[dict[s
 
 
 def render_comparison_markdown(results: list[dict[str, Any]], protocol: dict[str, Any], title: str,
-                               paired: list[dict[str, Any]] | None = None) -> str:
+                               paired: list[dict[str, Any]] | None = None, embeddings: dict[str, Any] | None = None) -> str:
     """Return a markdown report: protocol line, one metrics row per model, then every analysis section."""
     rows = comparison_rows(results)
     if not rows:
@@ -63,6 +63,9 @@ def render_comparison_markdown(results: list[dict[str, Any]], protocol: dict[str
     lines.append(S.markdown_table(sorted(rows, key=lambda r: -r.get("recall@20", 0))))
     for heading, section, note in analysis_sections(results, headline_k(protocol), paired or []):
         lines += [f"## {heading}", "", S.markdown_table(section)] + ([f"_{note}_", ""] if note else [])
+    if embeddings:
+        lines += ["## Item embeddings: nearest neighbours", "", S.markdown_table(embeddings["neighbours"]),
+                  f"_{S.NEIGHBOURS_NOTE} The 2-D map is in the HTML report._", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +141,7 @@ def plot_validation_curves(results: list[dict[str, Any]]) -> str | None:
 
 
 def render_comparison_html(results: list[dict[str, Any]], protocol: dict[str, Any], title: str,
-                           paired: list[dict[str, Any]] | None = None) -> str:
+                           paired: list[dict[str, Any]] | None = None, embeddings: dict[str, Any] | None = None) -> str:
     """Return a self-contained HTML page (no network) with the tables, the analysis sections and plots."""
     rows = sorted(comparison_rows(results), key=lambda r: -r.get("recall@20", 0))
     k = headline_k(protocol)
@@ -148,6 +151,9 @@ def render_comparison_html(results: list[dict[str, Any]], protocol: dict[str, An
     plots = [plot_metric_curves(results, cutoffs)] if results else []
     plots += [p for p in (plot_breakdowns(results, k), plot_training_curves(results), plot_validation_curves(results)) if p]
     figures = "".join(f'<img alt="plot" src="{src}"/>' for src in plots)
+    if embeddings:
+        sections += ("<h2>Item embeddings</h2>" + S.html_table(embeddings["neighbours"]) + f'<p class="note">{S.NEIGHBOURS_NOTE}</p>'
+                     + '<img alt="embedding map" src="data:image/png;base64,' + base64.b64encode(embeddings["map_png"]).decode() + '"/>')
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin-bottom:.5em}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}.note{{color:#555;font-size:90%;max-width:60em}}

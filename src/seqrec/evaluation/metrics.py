@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from seqrec import columns as C
 from seqrec.config import EvaluationConfig
 from seqrec.evaluation.analysis import beyond_accuracy, bootstrap_interval, classification_view
 from seqrec.evaluation.ranks import as_scores, check_no_nan, metrics_from_ranks, rank_against, ranks_from_scores, top_items
@@ -230,6 +231,18 @@ def summarise_groups(ranks: np.ndarray, labels: np.ndarray, cutoffs) -> dict[str
     }
 
 
+def event_label_groups(data: SessionDataset, events: np.ndarray) -> dict[str, np.ndarray]:
+    """Return the target's subdomain (the study's event type) and, with several domains, whether the target's
+    domain differs from the previous event's (``cross``) or not (``same``); targets never open a session."""
+    groups = {}
+    if C.SUBDOMAIN in data.event_labels:
+        groups["subdomain"] = data.event_labels[C.SUBDOMAIN][events]
+    domains = data.event_labels.get(C.DOMAIN)
+    if domains is not None and len(np.unique(domains)) > 1:
+        groups["cross_domain"] = np.where(domains[events] != domains[events - 1], "cross", "same")
+    return groups
+
+
 def build_breakdowns(records: TargetRecords, data: SessionDataset, cutoffs, train_support: np.ndarray | None) -> dict:
     """Return metrics by action type, session length, prefix length, repeat or new target and target popularity."""
     ranks = records.column("ranks")
@@ -238,8 +251,10 @@ def build_breakdowns(records: TargetRecords, data: SessionDataset, cutoffs, trai
         "prefix_length": label_prefix_lengths(records.column("prefix_lengths")),
         "target": np.where(records.column("repeats").astype(bool), "repeat", "new"),  # already in the prefix or not
     }
+    events = records.column("events").astype(np.int64)
     if data.actions is not None:
-        labels["action"] = np.asarray(data.actions)[records.column("events").astype(np.int64)]
+        labels["action"] = np.asarray(data.actions)[events]
+    labels.update(event_label_groups(data, events))
     if train_support is not None:
         if len(train_support) != data.vocab.size + 1:
             n = data.vocab.size + 1

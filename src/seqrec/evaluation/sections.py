@@ -22,6 +22,8 @@ BEYOND_NOTE = ("over every target's top-K list: coverage = distinct recommended 
                "recommendation counts over the catalogue (0 = even, near 1 = a few items take all); popularity "
                "percentile = mean share of catalogue items with at most the recommended item's training support; "
                "novelty = mean -log2 of the item's smoothed share of training events.")
+NEIGHBOURS_NOTE = ("InfoNCE item embeddings (the study's section 4.3): the items whose nearest neighbour is closest, "
+                   "each with its nearest neighbours and their cosine similarity.")
 PAIRED_NOTE = ("per-target differences against the best baseline on the same targets; 95% bootstrap interval of the "
                "mean difference; p from a paired randomisation test (sign flips). A difference is real when the "
                "interval excludes 0 (p < 0.05).")

@@ -171,8 +171,22 @@ def model_support(train, vocab) -> np.ndarray:
     return np.concatenate([[0], np.where(idx > 0, counts[idx], 0)]).astype(np.int64)
 
 
-def write_model_report(results: list[dict[str, Any]], out_dir: str, title: str = "Model comparison") -> dict[str, Any]:
-    """Write the comparison report (markdown, HTML, JSON) and return its paths."""
+def embedding_view(embeddings: dict[str, Any] | None, items: int = 5, neighbours: int = 5) -> dict[str, Any] | None:
+    """Return the embeddings stage's 2-D map (PNG bytes) and neighbour examples: the items whose nearest
+    neighbour is closest, each with its ``neighbours`` nearest; None without embeddings."""
+    if not embeddings:
+        return None
+    table = io.read_table(Path(embeddings["path"]).parent / "nearest_neighbours.parquet")
+    first = table[table["rank"] == 1].nlargest(items, "similarity")["item_id"]
+    shown = table[table["item_id"].isin(first) & (table["rank"] <= neighbours)].sort_values("rank")
+    rows = [{"item": item, **{f"#{int(r['rank'])}": f"{r['neighbour']} ({r['similarity']:.3f})"
+                              for _, r in shown[shown["item_id"] == item].iterrows()}} for item in first]
+    return {"map_png": Path(embeddings["map"]).read_bytes(), "neighbours": rows}
+
+
+def write_model_report(results: list[dict[str, Any]], out_dir: str, title: str = "Model comparison",
+                       embeddings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the comparison report (markdown, HTML, JSON), with the embeddings' map when given; return its paths."""
     from seqrec.evaluation.comparison import headline_k, render_comparison_html, render_comparison_markdown
     from seqrec.evaluation.sections import label_of, paired_rows
 
@@ -180,7 +194,8 @@ def write_model_report(results: list[dict[str, Any]], out_dir: str, title: str =
     ranks = {label_of(r): io.read_array(r["target_ranks"]) for r in results if Path(r.get("target_ranks", "")).is_file()}
     paired = paired_rows(results, ranks, headline_k(protocol)) if results else []
     out = Path(out_dir)
-    md = io.write_text(render_comparison_markdown(results, protocol, title, paired), out / "models.md")
-    page = io.write_text(render_comparison_html(results, protocol, title, paired), out / "models.html")
+    view = embedding_view(embeddings)
+    md = io.write_text(render_comparison_markdown(results, protocol, title, paired, view), out / "models.md")
+    page = io.write_text(render_comparison_html(results, protocol, title, paired, view), out / "models.html")
     data = io.write_json(results, out / "models.json")
     return {"markdown": str(md), "html": str(page), "json": str(data)}
