@@ -216,8 +216,8 @@ def train_on_train(name: str, split_dir: str, cfg, out: Path) -> dict:
             "selection": {"best_epoch": int(hist["best_epoch"]) + 1} if "best_epoch" in hist else {}}
 
 
-def run_model(name: str, split_dir: str, cfg, mode: str, out: Path) -> dict:
-    """Train and evaluate one model; return a flat result row."""
+def run_model(name: str, split_dir: str, cfg, mode: str, out: Path) -> tuple[dict, dict]:
+    """Train and evaluate one model; return the full evaluation result (for the report) and a flat result row."""
     if mode == "test":
         trained = stages.train_model(name, split_dir, model_section(cfg.models, name), cfg.training, cfg.evaluation, str(out))
     else:
@@ -229,7 +229,8 @@ def run_model(name: str, split_dir: str, cfg, mode: str, out: Path) -> dict:
     epochs = len(hist.get("loss", [])) if isinstance(hist, dict) else None
     sel = trained.get("selection") or {}
     model_cfg = config_to_dict(getattr(cfg.models, name)) if hasattr(cfg.models, name) else {}
-    return {"model": name, "label": res.get("label", name), "part": part, "recall@20": round(m["recall@20"], 4), "mrr@20": round(m["mrr@20"], 4),
+    res = {**res, "train_seconds": trained["train_seconds"], "history": hist, "selection": sel}
+    return res, {"model": name, "label": res.get("label", name), "part": part, "recall@20": round(m["recall@20"], 4), "mrr@20": round(m["mrr@20"], 4),
             "ndcg@20": round(m.get("ndcg@20", float("nan")), 4), "targets": res["n_targets"],
             "train_s": trained["train_seconds"], "eval_s": res["eval_seconds"], "epochs_run": epochs,
             "best_epoch": sel.get("best_epoch"), "valid_metric": sel.get("valid_metric"), "config": model_cfg,
@@ -266,10 +267,11 @@ def main(argv=None) -> int:
     split_dir, prep = prepare_split(args, cfg)
     print(f"split ready in {time.perf_counter() - t0:.1f}s: {split_dir}", file=sys.stderr, flush=True)
     out = args.work_dir / f"models_{args.mode}{('_' + args.tag) if args.tag else ''}"
-    rows = []
+    rows, results = [], []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         t = time.perf_counter()
-        row = run_model(name, split_dir, cfg, args.mode, out)
+        result, row = run_model(name, split_dir, cfg, args.mode, out)
+        results.append(result)
         row["tag"] = args.tag
         rows.append(row)
         print(f"{row['label']}: R@20 {row['recall@20']:.4f} MRR@20 {row['mrr@20']:.4f} ({time.perf_counter() - t:.0f}s)",
@@ -284,6 +286,8 @@ def main(argv=None) -> int:
     print(f"## {args.mode} part: {split_dir}\n")
     print(f"split: {json.dumps({k: split_report.get(k) for k in ('train', 'valid', 'train_full', 'test', 'train_full_lengths')})}\n")
     print(markdown(rows, best))
+    report = stages.write_model_report(results, str(out / "reports"), title=f"Model comparison ({args.mode} part)")
+    print(f"report: {report['html']} and {report['markdown']}", file=sys.stderr)
     summary = {"mode": args.mode, "split_dir": split_dir, "prepare": {k: v for k, v in prep.items() if k != "split"},
                "split": split_report, "rows": rows, "best_baseline": best, "sets": args.set,
                "config_file": str(args.config) if args.config else None}
