@@ -171,3 +171,21 @@ def test_validation_page_shows_pass_and_fail_icons_offline(site):
     assert found["fonts"] >= 1  # the solid webfont was fetched from the site
     assert found["check"] not in ("none", "normal", "") and found["times"] not in ("none", "normal", "")
     assert "fa-times text-danger" in dom and "fa-check-circle text-success" in dom
+
+
+@needs_assets
+def test_data_docs_keep_every_run_side_by_side(tmp_path):
+    from seqrec.quality.datadocs import build_data_docs
+
+    params = SuiteParams.of(QualityConfig(), CleaningConfig())
+    first = {"users": pd.DataFrame({"user_id": [1, 2], "socdem_cluster": [0, 4], "region": [1, 2]})}
+    second = {"users": pd.DataFrame({"user_id": [1, 1], "socdem_cluster": [0, None], "region": [1, 2]})}  # a later night
+    index = build_data_docs(first, "raw", params, tmp_path)
+    assert build_data_docs(second, "raw", params, tmp_path) == index  # one persistent project per directory
+    runs = sorted(index.parent.glob("validations/users/raw/*/*/*.html"))  # one page per run, under its run time
+    assert len(runs) == 2, runs
+    html = index.read_text(encoding="utf-8")
+    assert all(p.parent.name in html for p in runs)  # the index links both runs
+    refs = AssetRefs()
+    refs.feed(runs[0].read_text(encoding="utf-8"))  # the first run's page was localised again: its assets are still local
+    assert refs.urls and not [u for u in refs.urls if re.match(r"(https?:)?//", u)]

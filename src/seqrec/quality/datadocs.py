@@ -188,12 +188,13 @@ def add_checkpoint(ctx, table: str, stage: str, params: SuiteParams, skipped: di
     import great_expectations as gx
 
     name = f"{table}.{stage}"
-    batch = ctx.data_sources.add_pandas(name).add_dataframe_asset(table).add_batch_definition_whole_dataframe("whole")
-    suite = ctx.suites.add(S.build_suite(table, stage, params, skipped))
-    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    source = ctx.data_sources.add_or_update_pandas(name)  # a fresh source: its asset is made anew below
+    batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("whole")
+    suite = ctx.suites.add_or_update(S.build_suite(table, stage, params, skipped))
+    vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=name, data=batch, suite=suite))
     actions = [gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")]
-    return ctx.checkpoints.add(gx.Checkpoint(name=name, validation_definitions=[vd], actions=actions,
-                                             result_format="SUMMARY"))
+    return ctx.checkpoints.add_or_update(gx.Checkpoint(name=name, validation_definitions=[vd], actions=actions,
+                                                       result_format="SUMMARY"))
 
 
 def validate_into_docs(ctx, frames: dict[str, pd.DataFrame], stage: str, params: SuiteParams,
@@ -218,9 +219,10 @@ def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: SuitePa
                     assets: Path = ASSETS, refs: "References | None" = None) -> Path:
     """Validate ``frames`` into GX Data Docs that render offline; return the site's index.html.
 
-    The GX project lives in ``out_dir/gx`` and is rebuilt from scratch on every call (a file-mode
-    context keeps its data sources, and older pages would keep their CDN URLs). ``refs`` feeds the
-    referential checks, as in ``seqrec.quality.validate.validate_table``; without it they are skipped.
+    The GX project lives in ``out_dir/gx`` and persists: each call updates the suites and checkpoints
+    and adds its validation run, so the Data Docs index lists every run's validations side by side
+    (every page, old ones too, is made to load its assets locally). ``refs`` feeds the referential
+    checks, as in ``seqrec.quality.validate.validate_table``; without it they are skipped.
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -232,8 +234,6 @@ def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: SuitePa
     if not frames:
         raise DataDocsError(f"no table to validate into Data Docs under {out_dir}")
     root = Path(out_dir) / "gx"
-    if root.exists():  # a rebuild starts from scratch: old pages would keep the CDN URLs of a previous GX
-        shutil.rmtree(root)
     with _GX_SETUP:
         ctx = gx.get_context(mode="file", project_root_dir=str(out_dir))  # GX makes out_dir/gx
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
