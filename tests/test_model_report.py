@@ -97,3 +97,11 @@ def test_the_html_report_renders_offline_in_headless_chromium(report, tmp_path):
     subprocess.run(base + [f"--screenshot={shot}", "--window-size=1400,1800", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_a_breakdown_named_like_a_model_keeps_its_groups(report):
+    from seqrec.evaluation.sections import breakdown_rows
+
+    results = json.loads(Path(report["json"]).read_text())
+    rows = breakdown_rows(results, "popularity", "recall@20")  # "popularity" is a model too
+    assert {row["group"] for row in rows} <= {"head", "tail", "unseen"} and all("popularity" in row for row in rows)

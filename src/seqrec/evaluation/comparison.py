@@ -118,7 +118,7 @@ def plot_breakdowns(results: list[dict[str, Any]], k: int) -> str | None:
         x = np.arange(len(rows))
         for i, r in enumerate(results):
             ax.bar(x + i * width, [row[S.label_of(r)] for row in rows], width, label=S.label_of(r))
-        ax.set_xticks(x + width * (len(results) - 1) / 2, [str(row[name]) for row in rows], fontsize=7, rotation=30)
+        ax.set_xticks(x + width * (len(results) - 1) / 2, [str(row["group"]) for row in rows], fontsize=7, rotation=30)
         ax.set_title(name.replace("_", " "), fontsize=9)
     axes[0][0].set_ylabel(f"Recall@{k}")
     axes[0][-1].legend(fontsize=6)

@@ -89,13 +89,16 @@ def beyond_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def breakdown_rows(results: list[dict[str, Any]], name: str, metric: str) -> list[dict[str, Any]]:
-    """Return one row per group of breakdown ``name``: its targets and each model's ``metric``."""
+    """Return one row per group of breakdown ``name``: the group, its targets and each model's ``metric``.
+
+    The group's column is ``group`` (a breakdown may share its name with a model: popularity).
+    """
     groups = sorted({g for r in results for g in r.get("breakdowns", {}).get(name, {})}, key=str)
     rows = []
     for g in groups:
         cells = [r["breakdowns"].get(name, {}).get(g) for r in results]
         targets = next((c["n_targets"] for c in cells if c), 0)
-        rows.append({name: g, "targets": targets,
+        rows.append({"group": g, "targets": targets,
                      **{label_of(r): (c or {}).get(metric, float("nan")) for r, c in zip(results, cells)}})
     return rows
 

@@ -161,7 +161,8 @@ def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfi
 def evaluate_trained(trained: dict[str, Any], split_dir: str, cfg: EvaluationConfig) -> dict[str, Any]:
     """Return ``train_model``'s result evaluated on the test part, with its training time and history."""
     result = evaluate_trained_model(trained["path"], split_dir, cfg)
-    return {**result, "train_seconds": trained["train_seconds"], "history": trained.get("history", {})}
+    return {**result, "train_seconds": trained["train_seconds"], "history": trained.get("history", {}),
+            "selection": trained.get("selection", {})}
 
 
 def model_support(train, vocab) -> np.ndarray:
