@@ -297,14 +297,19 @@ def evaluate_model(
     train_support: np.ndarray | None = None,
     exclude_seen: bool | None = None,
     progress: bool = False,
+    lists: bool = True,
 ) -> EvaluationResult:
-    """Return metrics, breakdowns, analyses and protocol of ``model`` on ``data`` (``None`` = from ``cfg``)."""
+    """Return metrics, breakdowns, analyses and protocol of ``model`` on ``data`` (``None`` = from ``cfg``).
+
+    ``lists``: keep every target's top-K items for the classification view and beyond-accuracy figures
+    (about twice the ranking's own cost); validation during training needs only the metrics.
+    """
     targets = targets or TARGETS_BY_PROTOCOL[cfg.protocol]
     if targets not in ("all", "last"):
         raise ValueError(f"targets={targets!r} is not 'all' or 'last'")
     exclude = cfg.exclude_seen if exclude_seen is None else exclude_seen
     ranker = TargetRanker(cfg.ties, exclude, cfg.candidates, cfg.n_negatives, np.random.default_rng(cfg.seed),
-                          top_k=max(cfg.cutoffs))
+                          top_k=max(cfg.cutoffs) if lists else 0)
     rank_batch = rank_all_targets if targets == "all" else rank_last_targets
     records = TargetRecords()
     with torch.no_grad():
@@ -341,6 +346,6 @@ def make_validator(model: Recommender, valid: SessionDataset, cfg: EvaluationCon
     def validate() -> float:
         if not np.array_equal(valid.vocab.ids, model.vocab.ids):
             raise ValueError(f"{type(model).__name__}: the validation data is encoded with another item vocabulary than train")
-        return evaluate_model(model, valid, cfg).metrics[metric]
+        return evaluate_model(model, valid, cfg, lists=False).metrics[metric]
 
     return validate
