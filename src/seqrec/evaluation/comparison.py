@@ -91,19 +91,24 @@ def plot_metric_curves(results: list[dict[str, Any]], cutoffs: tuple[int, ...]) 
     return _png(fig)
 
 
-def plot_training_curves(results: list[dict[str, Any]]) -> str | None:
-    """Return a PNG data URI of per-epoch training loss for neural models, or None."""
-    curves = [(r.get("label", r["model"]), r["history"]) for r in results if r.get("history", {}).get("loss")]
+def plot_epoch_curves(results: list[dict[str, Any]], part: str, series: str, ylabel: str) -> str | None:
+    """Return a PNG data URI of one per-epoch series (``result[part][series]``) per model, or None without any."""
+    curves = [(S.label_of(r), r[part][series]) for r in results if (r.get(part) or {}).get(series)]
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, hist in curves:
-        ax.plot(range(1, len(hist["loss"]) + 1), hist["loss"], marker="o", label=name)
+    for name, values in curves:
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def plot_training_curves(results: list[dict[str, Any]]) -> str | None:
+    """Return a PNG data URI of per-epoch training loss for neural models, or None."""
+    return plot_epoch_curves(results, "history", "loss", "training loss")
 
 
 def plot_breakdowns(results: list[dict[str, Any]], k: int) -> str | None:
@@ -127,17 +132,8 @@ def plot_breakdowns(results: list[dict[str, Any]], k: int) -> str | None:
 
 def plot_validation_curves(results: list[dict[str, Any]]) -> str | None:
     """Return a PNG data URI of the validation metric per epoch of the epoch-selection runs, or None."""
-    curves = [(S.label_of(r), r["selection"]) for r in results if r.get("selection", {}).get("valid_metric")]
-    if not curves:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, sel in curves:
-        ax.plot(range(1, len(sel["valid_metric"]) + 1), sel["valid_metric"], marker="o", label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"validation {curves[0][1].get('metric', '')}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _png(fig)
+    metric = next((r["selection"].get("metric", "") for r in results if (r.get("selection") or {}).get("valid_metric")), "")
+    return plot_epoch_curves(results, "selection", "valid_metric", f"validation {metric}")
 
 
 def render_comparison_html(results: list[dict[str, Any]], protocol: dict[str, Any], title: str,
