@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(BIN)/seqrec run --config configs/demo.yaml
 
 test: $(STAMP)
+	@mkdir -p $(PREFECT_HOME)  # Prefect does not create missing parents (a fresh clone has no outputs/)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
