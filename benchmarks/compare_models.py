@@ -223,7 +223,7 @@ def run_model(name: str, split_dir: str, cfg, mode: str, out: Path) -> tuple[dic
     else:
         trained = train_on_train(name, split_dir, cfg, out)
     part = "test" if mode == "test" else "valid"
-    res = stages.evaluate_trained_model(trained["path"], split_dir, cfg.evaluation, part=part)
+    res = stages.evaluate_trained_model(trained["path"], split_dir, cfg.evaluation, part=part, keep_ranks=True)
     m = res["metrics"]
     hist = trained.get("history") or {}
     epochs = len(hist.get("loss", [])) if isinstance(hist, dict) else None

@@ -301,8 +301,9 @@ def evaluate_model(
 ) -> EvaluationResult:
     """Return metrics, breakdowns, analyses and protocol of ``model`` on ``data`` (``None`` = from ``cfg``).
 
-    ``lists``: keep every target's top-K items for the classification view and beyond-accuracy figures
-    (about twice the ranking's own cost); validation during training needs only the metrics.
+    ``lists``: the report's analyses: keep every target's top-K items for the classification view and
+    beyond-accuracy figures (about twice the ranking's own cost), and bootstrap the headline metrics;
+    validation during training needs only the metrics.
     """
     targets = targets or TARGETS_BY_PROTOCOL[cfg.protocol]
     if targets not in ("all", "last"):
@@ -321,11 +322,11 @@ def evaluate_model(
                 raise ValueError(f"evaluate {model.name} on sessions {keys}...: {err}") from err
     if not records.chunks["ranks"]:
         raise ValueError(f"evaluate {model.name}: none of the {data.n_sessions} sequences has 2 or more events")
-    return summarise_records(records, data, cfg, train_support, describe_protocol(cfg, targets, exclude, data, ranker))
+    return summarise_records(records, data, cfg, train_support, describe_protocol(cfg, targets, exclude, data, ranker), lists)
 
 
 def summarise_records(records: TargetRecords, data: SessionDataset, cfg: EvaluationConfig,
-                      train_support: np.ndarray | None, protocol: dict) -> EvaluationResult:
+                      train_support: np.ndarray | None, protocol: dict, analyses: bool = True) -> EvaluationResult:
     """Return the result of ranked targets: metrics, breakdowns, classification view, beyond accuracy, intervals."""
     ranks, top, items = records.column("ranks"), records.column("top"), records.column("items").astype(np.int64)
     full = top.ndim == 2 and top.shape[1] > 0
@@ -336,7 +337,8 @@ def summarise_records(records: TargetRecords, data: SessionDataset, cfg: Evaluat
         protocol,
         classification=classification_view(ranks, items, top[:, 0]) if full else {},
         beyond=beyond_accuracy(top, train_support) if full and train_support is not None else None,
-        intervals={f"recall@{k}": bootstrap_interval(hits, cfg.seed), f"mrr@{k}": bootstrap_interval(rr, cfg.seed)},
+        intervals={f"recall@{k}": bootstrap_interval(hits, cfg.seed), f"mrr@{k}": bootstrap_interval(rr, cfg.seed)}
+        if analyses else {},
         target_ranks=ranks,
     )
 

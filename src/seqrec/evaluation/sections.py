@@ -80,7 +80,7 @@ def headline_rows(results: list[dict[str, Any]], k: int) -> list[dict[str, Any]]
 
 def classification_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Return accuracy, macro precision and macro recall per model (full ranking only)."""
-    return [{"model": label_of(r), **{k: v for k, v in r["classification"].items()}} for r in results if r.get("classification")]
+    return [{"model": label_of(r), **r["classification"]} for r in results if r.get("classification")]
 
 
 def beyond_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -50,22 +50,21 @@ def train_model(name: str, split_dir: str, section: Section | None, training: Tr
     """
     if embeddings_path and name not in NEURAL_MODELS:
         raise ConfigError(f"item embeddings warm-start {' and '.join(NEURAL_MODELS)}, not {name}")
-    embeddings = embeddings_path or None
     out, split = Path(out_dir), Path(split_dir)
     train_full = io.load_sessions(split / "train_full.npz")
     start = time.perf_counter()
     selection: dict[str, Any] = {}
     if name in NEURAL_MODELS and training.patience > 0:
-        section, selection = select_epochs(name, split, section, training, evaluation, out, embeddings)
-    ckpt = checkpoint_path(out, name, split / "train_full.npz", section, training, embeddings)
-    model = fit_model(name, section, training, ckpt, train_full, embeddings)
+        section, selection = select_epochs(name, split, section, training, evaluation, out, embeddings_path)
+    ckpt = checkpoint_path(out, name, split / "train_full.npz", section, training, embeddings_path)
+    model = fit_model(name, section, training, ckpt, train_full, embeddings_path)
     seconds = time.perf_counter() - start
     path = save_model(model, out / f"{name}.pt")
     ckpt.unlink(missing_ok=True)  # the finished model replaces the resume point
     history = history_of(model)
     io.write_json({"history": history, "selection": selection}, out / f"{name}.history.json")
     return {"model": name, "path": str(path), "train_seconds": round(seconds, 2), "train_events": train_full.n_events,
-            "history": history, "selection": selection, "warm_start": embeddings is not None}
+            "history": history, "selection": selection, "warm_start": embeddings_path is not None}
 
 
 def embeddings_for(name: str, section: Section | None, features: dict[str, Any]) -> dict[str, Any] | None:
@@ -139,8 +138,12 @@ def history_of(model) -> dict[str, Any]:
     return hist.to_dict()
 
 
-def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfig, part: str = "test") -> dict[str, Any]:
-    """Evaluate a saved model on the split's ``part`` under the configured protocol."""
+def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfig, part: str = "test",
+                           keep_ranks: bool = False) -> dict[str, Any]:
+    """Evaluate a saved model on the split's ``part`` under the configured protocol.
+
+    ``keep_ranks``: write the per-target ranks beside the model (``target_ranks``) for the report's paired tests.
+    """
     from seqrec.evaluation.metrics import evaluate_model
     from seqrec.serving.recommend import load_model
     from seqrec.sequences import reencode_sessions
@@ -151,16 +154,16 @@ def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfi
     data, reenc = reencode_sessions(data, model.vocab)  # a no-op when the model trained on this split
     start = time.perf_counter()
     result = evaluate_model(model, data, cfg, train_support=model_support(train, model.vocab))
-    ranks = io.write_array(result.target_ranks, Path(model_path).with_suffix(f".{part}_ranks.npy"))  # for paired tests
     out = result.to_dict()
-    out.update(model=model.name, label=model.label(), part=part, reencoding=reenc, target_ranks=str(ranks),
-               eval_seconds=round(time.perf_counter() - start, 3))
+    out.update(model=model.name, label=model.label(), part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3))
+    if keep_ranks:
+        out["target_ranks"] = str(io.write_array(result.target_ranks, Path(model_path).with_suffix(f".{part}_ranks.npy")))
     return out
 
 
 def evaluate_trained(trained: dict[str, Any], split_dir: str, cfg: EvaluationConfig) -> dict[str, Any]:
     """Return ``train_model``'s result evaluated on the test part, with its training time and history."""
-    result = evaluate_trained_model(trained["path"], split_dir, cfg)
+    result = evaluate_trained_model(trained["path"], split_dir, cfg, keep_ranks=True)
     return {**result, "train_seconds": trained["train_seconds"], "history": trained.get("history", {}),
             "selection": trained.get("selection", {})}
 
