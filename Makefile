@@ -10,7 +10,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_HOME ?= $(CURDIR)/outputs/.prefect
 export DASK_TEMPORARY_DIRECTORY ?= $(CURDIR)/outputs/.dask
 
-.PHONY: install demo test bench bench-100m server worker dashboard chromium clean
+.PHONY: install demo test bench bench-100m bench-gpu server worker dashboard chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: $(STAMP)
 # and BENCHMARKS.md is re-rendered; `make bench` keeps them.
 bench-100m: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --only generate,pipeline --scales 100000000 --days 28 --domains marketplace --write BENCHMARKS.md
+
+# The GPU paths on CUDA with AMP next to CPU (GRU4Rec, SASRec, one InfoNCE epoch, recommend): one JSON line per part,
+# exit 1 when a GPU-trained model's metric strays from the CPU one's; on a machine without CUDA it says so and measures
+# nothing. Needs a CUDA build of torch (the package index's Linux x86-64 wheels are; this machine's local wheel is CPU-only).
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/bench_gpu.py
 
 # Debian's chromium for the headless-browser tests (they skip with a reason without it).
 chromium:

@@ -100,7 +100,8 @@ def train_flow(features: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
 def evaluate_flow(trained: dict, config: SeqrecConfig = SeqrecConfig(), embeddings: dict | None = None) -> dict:
     """Evaluate every trained model with full ranking and publish the comparison report (with the embeddings' map)."""
     code = code_version()
-    futures = [bind(M.evaluate_model, config).submit(t, trained["split"], config.evaluation, code) for t in trained["trained"]]
+    futures = [bind(M.evaluate_model, config).submit(t, trained["split"], config.evaluation, code, config.serving)
+               for t in trained["trained"]]
     results = [f.result() for f in futures]
     report = M.write_model_report(results, stage_dir(config, "reports"), embeddings)
     return {"results": results, "report": report}

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from seqrec.pipeline import models as stages
-from seqrec.config import EvaluationConfig, Section, TrainingConfig
+from seqrec.config import EvaluationConfig, Section, ServingConfig, TrainingConfig
 from seqrec.evaluation.comparison import comparison_rows
 from tasks.common import CACHE
 
@@ -25,9 +25,9 @@ def train_model(name: str, split: dict, section: Section | None, training: Train
 
 
 @task(name="evaluate_model", **CACHE)  # no timeout: THREAD_TASKS
-def evaluate_model(trained: dict, split: dict, cfg: EvaluationConfig, code: str) -> dict:
-    """Return full-ranking metrics (and breakdowns) of one trained model on the test part."""
-    return stages.evaluate_trained(trained, split["split_dir"], cfg)
+def evaluate_model(trained: dict, split: dict, cfg: EvaluationConfig, code: str, serving: ServingConfig | None = None) -> dict:
+    """Return full-ranking metrics (and breakdowns) of one trained model on the test part (through its index with one)."""
+    return stages.evaluate_trained(trained, split["split_dir"], cfg, serving)
 
 
 @task(name="write_model_report")

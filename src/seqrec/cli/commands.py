@@ -164,21 +164,56 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     split_dir = args.split or model.parent / "split"
     if args.test is not None:
         split_dir = Path(stage.save_split(build_split(args, cfg), str(model.parent / "split_eval"))["split_dir"])
-    return stage.evaluate_trained_model(str(model), str(split_dir), cfg.evaluation, part=args.part)
+    return stage.evaluate_trained_model(str(model), str(split_dir), cfg.evaluation, part=args.part, serving=cfg.serving)
+
+
+def serving_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the serving options given on the command line as config overrides."""
+    keys = {"index": "index", "host": "host", "port": "port"}
+    return {"serving": {key: getattr(args, opt) for opt, key in keys.items() if getattr(args, opt, None) is not None}}
 
 
 def cmd_recommend(args: argparse.Namespace) -> dict:
-    """Recommend the top K items for every session in a file."""
+    """Recommend the top K items for every session in a file (through the model's index when serving.index asks)."""
+    from seqrec.serving.indexes import index_for
     from seqrec.serving.recommend import load_model, read_sessions_file, recommend
 
+    cfg = config_from(args, serving_overrides(args))
     model = load_model(args.model)
     sessions = read_sessions_file(args.sessions)
+    index = index_for(model, args.model, cfg.serving)
     start = time.perf_counter()
-    recs = recommend(model, sessions, k=args.k, exclude_seen=not args.keep_seen)
+    recs = recommend(model, sessions, k=args.k, exclude_seen=not args.keep_seen, index=index)
     seconds = time.perf_counter() - start
     return {"recommendations": [list(r) for r in recs], "sessions": len(sessions), "seconds": round(seconds, 4),
             "sessions_per_second": round(len(sessions) / max(seconds, 1e-9), 1),
-            "unknown_items": getattr(recs, "unknown_items", 0)}
+            "unknown_items": getattr(recs, "unknown_items", 0), "index": recs.index}
+
+
+def cmd_index(args: argparse.Namespace) -> dict:
+    """Build (or load) a dot-product model's approximate index beside its file; report its recall, time and memory."""
+    from seqrec.serving.indexes import index_for, index_path
+    from seqrec.serving.recommend import encode_sessions, load_model, model_vocab, read_sessions_file
+
+    cfg = config_from(args, {"serving": {"index": "ann"}})
+    model = load_model(args.model)
+    if model.output_layer() is None:
+        raise ConfigError(f"{args.model}: a {model.name} model has no dot-product output layer; it is always ranked exactly")
+    sample, name = None, ""
+    if args.sessions is not None:
+        enc = encode_sessions(read_sessions_file(args.sessions), model_vocab(model))
+        sample, name = (enc.items, enc.lengths), f"sessions of {args.sessions}"
+    index = index_for(model, args.model, cfg.serving, sample=sample, sample_name=name, rebuild=args.rebuild)
+    return {"model": str(args.model), "path": str(index_path(args.model)), **index.describe()}
+
+
+def cmd_serve(args: argparse.Namespace) -> dict:
+    """Serve recommendations over HTTP for a model file or a registry's current version until interrupted."""
+    from seqrec.serving.http import serve
+
+    cfg = config_from(args, serving_overrides(args))
+    serve(args.target, cfg.serving)
+    return {"target": str(args.target), "stopped": True}
 
 
 def cmd_validate(args: argparse.Namespace) -> dict:

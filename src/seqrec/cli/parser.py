@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from seqrec.cli.commands import (cmd_clean, cmd_dashboard, cmd_evaluate, cmd_features, cmd_generate, cmd_import,
-                                 cmd_load, cmd_recommend, cmd_run, cmd_train, cmd_validate)
+                                 cmd_index, cmd_load, cmd_recommend, cmd_run, cmd_serve, cmd_train, cmd_validate)
 from seqrec.config import MODEL_NAMES
 
 
@@ -121,14 +121,31 @@ def add_model_commands(sub) -> None:
 
 
 def add_serving_commands(sub) -> None:
-    """Add `recommend` (top-K for sessions in a file) and `dashboard` (live replay)."""
+    """Add `recommend` (top-K for sessions in a file), `index` (the approximate index), `serve` (HTTP), `dashboard`."""
+    index_help = "exact: score every item; ann: the model's approximate index; auto: ann from serving.exact_max_items items"
     p = sub.add_parser("recommend", help="top-K recommendations for sessions in a file")
     add_common(p)
     p.add_argument("model", type=Path)
     p.add_argument("sessions", type=Path, help="one session per line (item ids separated by spaces or commas)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--keep-seen", action="store_true", help="allow items already in the session")
+    p.add_argument("--index", choices=["exact", "ann", "auto"], help=index_help + " (default: serving.index)")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("index", help="build a model's approximate (ANN) index beside it; print recall@k, build time, memory")
+    add_common(p)
+    p.add_argument("model", type=Path, help="a GRU4Rec, SASRec or BPR-MF model file")
+    p.add_argument("--sessions", type=Path, help="sessions to measure recall on (default: random items)")
+    p.add_argument("--rebuild", action="store_true", help="build again even when a matching index is stored")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("serve", help="HTTP endpoint: POST /recommend (JSON), GET /health; follows a registry's current version")
+    add_common(p, json_flag=False)
+    p.add_argument("target", type=Path, help="a model file, or a registry directory (its current version, reloaded on change)")
+    p.add_argument("--host", help="interface to bind (default serving.host, 127.0.0.1: no authentication)")
+    p.add_argument("--port", type=int, help="port (default serving.port)")
+    p.add_argument("--index", choices=["exact", "ann", "auto"], help=index_help + " (default: serving.index)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("dashboard", help="live dashboard: replay the test split against a model; rolling HR/MRR, latency")
     add_common(p, json_flag=False)

@@ -1,5 +1,5 @@
 """Typed, frozen configuration: every default of seqrec lives in this package (``data.py``: the data side,
-``learning.py``: features, models, training and evaluation; this file: the whole config and its loading).
+``learning.py``: features, models, training and evaluation; ``serving.py``: indexes and the endpoint; this file: the whole config and its loading).
 
 A config is built from the defaults, then a YAML file, then dotted overrides
 (``training.device=cpu``) from the CLI or Prefect flow parameters. Unknown keys are
@@ -21,12 +21,13 @@ from seqrec.config.data import (CleaningConfig, DataConfig, DefectRates, Generat
 from seqrec.config.learning import (MODEL_NAMES, NEURAL_MODELS, BprMfConfig, EmbeddingConfig, EvaluationConfig,
                                     FeaturesConfig, GraphConfig, Gru4RecConfig, ItemKnnConfig, ModelName, ModelsConfig,
                                     NeuralModelConfig, SasRecConfig, SessionConfig, SessionKnnConfig, TrainingConfig)
+from seqrec.config.serving import ServingConfig
 
 __all__ = ["ConfigError", "Section", "SeqrecConfig", "OutputConfig", "CleaningConfig", "DataConfig", "DefectRates",
            "GeneratorConfig", "QualityConfig", "SuiteParams", "MODEL_NAMES", "NEURAL_MODELS", "BprMfConfig",
            "EmbeddingConfig", "EvaluationConfig", "FeaturesConfig", "GraphConfig", "Gru4RecConfig", "ItemKnnConfig",
            "ModelName", "ModelsConfig", "NeuralModelConfig", "SasRecConfig", "SessionConfig", "SessionKnnConfig",
-           "TrainingConfig", "build_config", "load_config", "parse_overrides", "config_to_dict"]
+           "ServingConfig", "TrainingConfig", "build_config", "load_config", "parse_overrides", "config_to_dict"]
 
 
 
@@ -54,6 +55,7 @@ class SeqrecConfig(Section):
     models: ModelsConfig = ModelsConfig()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    serving: ServingConfig = ServingConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

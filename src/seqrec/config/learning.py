@@ -218,6 +218,7 @@ class EvaluationConfig(Section):
     exclude_seen: bool = False
     batch_size: int = Field(512, gt=0)
     seed: int = 0
+    index: Literal["exact", "ann"] = "exact"  # ann: dot-product models ranked through their serving index (serving.*)
 
     @model_validator(mode="after")
     def _cutoffs(self) -> "EvaluationConfig":

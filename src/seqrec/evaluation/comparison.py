@@ -44,12 +44,14 @@ def headline_k(protocol: dict[str, Any]) -> int:
 def analysis_sections(results: list[dict[str, Any]], k: int, paired: list[dict[str, Any]]) -> list[tuple[str, list, str]]:
     """Return (title, rows, note) of every analysis section, in report order."""
     names = sorted({n for r in results for n in r.get("breakdowns", {})})
+    index = [("Serving index", S.index_rows(results), S.INDEX_NOTE)] if S.index_rows(results) else []
     return [
         (f"Recall@{k} and MRR@{k} with 95% bootstrap intervals", S.headline_rows(results, k), "intervals resample targets"),
         ("Against the best baseline", paired, S.PAIRED_NOTE),
         ("Classification view", S.classification_rows(results), S.CLASSIFICATION_NOTE),
         (f"Beyond accuracy at K={k}", S.beyond_rows(results), S.BEYOND_NOTE),
         *[(f"Recall@{k} by {n.replace('_', ' ')}", S.breakdown_rows(results, n, f"recall@{k}"), "") for n in names],
+        *index,
     ]
 
 

@@ -28,6 +28,11 @@ PAIRED_NOTE = ("per-target differences against the best baseline on the same tar
                "mean difference; p from a paired randomisation test (sign flips). A difference is real when the "
                "interval excludes 0 (p < 0.05).")
 
+INDEX_NOTE = ("models served through their approximate index (serving.index): FAISS inverted lists, built once per "
+              "model and stored beside it; recall@k = share of the index's top-k reaching the exact k-th best score, "
+              "measured on the sample named when the index was built. ranked_through = the metrics above were "
+              "computed through the index (evaluation.index: ann), else exactly.")
+
 
 def label_of(result: dict[str, Any]) -> str:
     """Return the name a model's results are shown under."""
@@ -86,6 +91,21 @@ def classification_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def beyond_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Return coverage, Gini, popularity percentile and novelty per model."""
     return [{"model": label_of(r), **r["beyond"]} for r in results if r.get("beyond")]
+
+
+def index_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return, per model with an approximate index, its settings, build figures and measured recall."""
+    rows = []
+    for r in results:
+        ix = r.get("index") or {}
+        if ix.get("index") != "ann":
+            continue
+        recall = next((key for key in ix if key.startswith("recall@")), "recall@10")
+        rows.append({"model": label_of(r), "index": ix.get("kind"), "items": ix.get("items"), "lists": ix.get("lists"),
+                     "probe": ix.get("probe"), recall: ix.get(recall), "sample": ix.get("recall_sample"),
+                     "build_s": ix.get("build_seconds"), "memory_MiB": round(ix.get("memory_bytes", 0) / 2**20, 1),
+                     "ranked_through": bool(ix.get("ranked_through"))})
+    return rows
 
 
 def breakdown_rows(results: list[dict[str, Any]], name: str, metric: str) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from seqrec import columns as C
 from seqrec import io
-from seqrec.config import ConfigError, EvaluationConfig, Section, TrainingConfig, config_to_dict
+from seqrec.config import ConfigError, EvaluationConfig, Section, ServingConfig, TrainingConfig, config_to_dict
 from seqrec.evaluation.metrics import make_validator
 from seqrec.features.embeddings import ItemEmbeddings
 from seqrec.models.base import Recommender, Validate
@@ -139,10 +139,12 @@ def history_of(model) -> dict[str, Any]:
 
 
 def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfig, part: str = "test",
-                           keep_ranks: bool = False) -> dict[str, Any]:
+                           keep_ranks: bool = False, serving: ServingConfig | None = None) -> dict[str, Any]:
     """Evaluate a saved model on the split's ``part`` under the configured protocol.
 
     ``keep_ranks``: write the per-target ranks beside the model (``target_ranks``) for the report's paired tests.
+    ``serving``: build (or load) the model's approximate index beside it when these settings serve it through one,
+    and name it in the result (``index``); ``evaluation.index: ann`` ranks through it.
     """
     from seqrec.evaluation.metrics import evaluate_model
     from seqrec.serving.recommend import load_model
@@ -152,18 +154,40 @@ def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfi
     data = io.load_sessions(Path(split_dir) / f"{part}.npz")
     train = io.load_sessions(Path(split_dir) / ("train_full.npz" if part == "test" else "train.npz"))
     data, reenc = reencode_sessions(data, model.vocab)  # a no-op when the model trained on this split
+    ranked, index = ranked_through(model, model_path, train, cfg, serving)
     start = time.perf_counter()
-    result = evaluate_model(model, data, cfg, train_support=model_support(train, model.vocab))
+    result = evaluate_model(ranked, data, cfg, train_support=model_support(train, model.vocab))
     out = result.to_dict()
-    out.update(model=model.name, label=model.label(), part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3))
+    label = model.label() + (" (ann index)" if index.get("ranked_through") else "")
+    out.update(model=model.name, label=label, part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3),
+               index=index)
     if keep_ranks:
         out["target_ranks"] = str(io.write_array(result.target_ranks, Path(model_path).with_suffix(f".{part}_ranks.npy")))
     return out
 
 
-def evaluate_trained(trained: dict[str, Any], split_dir: str, cfg: EvaluationConfig) -> dict[str, Any]:
+def ranked_through(model, model_path: str, train, cfg: EvaluationConfig, serving: ServingConfig | None):
+    """Return (what evaluation ranks: the model or the model through its index, the serving index's description).
+
+    The index's recall is measured on up to ``serving.recall_sessions`` training sessions (never the evaluated part).
+    """
+    from seqrec.serving.indexes import IndexedRecommender, index_for
+
+    serving = serving or ServingConfig(index="exact")
+    if cfg.index == "ann":
+        serving = serving.model_copy(update={"index": "ann"})
+    rows = np.random.default_rng(cfg.seed).permutation(np.flatnonzero(train.lengths > 0))[: serving.recall_sessions]
+    ann = index_for(model, model_path, serving, sample=train.padded(np.sort(rows)), sample_name="training sessions")
+    if ann is None:
+        return model, {"index": "exact"}
+    through = cfg.index == "ann"
+    return (IndexedRecommender(model, ann, max(cfg.cutoffs)) if through else model), {**ann.describe(), "ranked_through": through}
+
+
+def evaluate_trained(trained: dict[str, Any], split_dir: str, cfg: EvaluationConfig,
+                     serving: ServingConfig | None = None) -> dict[str, Any]:
     """Return ``train_model``'s result evaluated on the test part, with its training time and history."""
-    result = evaluate_trained_model(trained["path"], split_dir, cfg, keep_ranks=True)
+    result = evaluate_trained_model(trained["path"], split_dir, cfg, keep_ranks=True, serving=serving)
     return {**result, "train_seconds": trained["train_seconds"], "history": trained.get("history", {}),
             "selection": trained.get("selection", {})}
 

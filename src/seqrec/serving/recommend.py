@@ -44,6 +44,7 @@ import torch
 from seqrec.io import load_checkpoint, save_checkpoint
 from seqrec.models.base import Recommender
 from seqrec.sequences import PAD, ItemVocab
+from seqrec.serving.ann import AnnIndex
 from seqrec.serving.topk import NUMPY_MIN_ROWS, DotProductIndex, group_topk, sparse_candidates, torch_threads
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,11 @@ _DOT_INDEX: "weakref.WeakKeyDictionary[Recommender, tuple[tuple, DotProductIndex
 class Recommendations(list):
     """Top-k original ids per session (a list of lists), with the input problems counted."""
 
-    def __init__(self, rows: list[list[str]], unknown_items: int = 0, empty_sessions: int = 0):
+    def __init__(self, rows: list[list[str]], unknown_items: int = 0, empty_sessions: int = 0, index: dict | None = None):
         super().__init__(rows)
         self.unknown_items = unknown_items  # input item ids not in the model's vocabulary
         self.empty_sessions = empty_sessions  # sessions with no known item: empty list returned
+        self.index = index or {"index": "exact"}  # what ranked the catalogue: exact, or an ANN index and its recall
 
 
 @dataclass(frozen=True)
@@ -233,10 +235,14 @@ def check_k(k: int, width: int) -> None:
 
 
 def recommend_topk(
-    model: Recommender, items: np.ndarray, lengths: np.ndarray, k: int = 10, exclude_seen: bool = True
+    model: Recommender, items: np.ndarray, lengths: np.ndarray, k: int = 10, exclude_seen: bool = True,
+    index: AnnIndex | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (dense indices (B, k) int64, scores (B, k) float32) for encoded sessions, all of length >= 1."""
-    index = dot_product_index(model)
+    """Return (dense indices (B, k) int64, scores (B, k) float32) for encoded sessions, all of length >= 1.
+
+    ``index``: an approximate index over a dot-product model's output layer (else the exact one).
+    """
+    index = index or dot_product_index(model)
     if index is not None:
         check_k(k, index.n_items)
         banned = torch.as_tensor(items) if exclude_seen else None  # (B, L); padding (0) is banned anyway
@@ -265,9 +271,10 @@ def recommend_topk(
     return torch.cat([p[0] for p in parts]).numpy(), torch.cat([p[1] for p in parts]).numpy()
 
 
-def recommend_indices(model: Recommender, items: np.ndarray, lengths: np.ndarray, k: int = 10, exclude_seen: bool = True) -> np.ndarray:
+def recommend_indices(model: Recommender, items: np.ndarray, lengths: np.ndarray, k: int = 10, exclude_seen: bool = True,
+                      index: AnnIndex | None = None) -> np.ndarray:
     """Return the top-k dense item indices (B, k) int64 (0 where fewer than k items are allowed)."""
-    return recommend_topk(model, items, lengths, k, exclude_seen)[0]
+    return recommend_topk(model, items, lengths, k, exclude_seen, index)[0]
 
 
 def decode_rows(vocab: ItemVocab, indices: np.ndarray) -> list[list[str]]:
@@ -285,8 +292,13 @@ def recommend(
     exclude_seen: bool = True,
     batch_size: int = 1024,
     vocab: ItemVocab | None = None,
+    index: AnnIndex | None = None,
 ) -> Recommendations:
-    """Return the top-k original item ids for every session, in input order (``vocab``: default ``model.vocab``)."""
+    """Return the top-k original item ids for every session, in input order (``vocab``: default ``model.vocab``).
+
+    ``index``: an approximate index of the model's output layer (``seqrec.serving.indexes.index_for``);
+    None ranks the whole catalogue exactly. The result names which (``Recommendations.index``).
+    """
     vocab = model_vocab(model, vocab)
     enc = encode_sessions(sessions, vocab)
     out = np.zeros((len(enc.lengths), k), dtype=np.int64)  # (B, k); empty sessions stay all padding
@@ -297,11 +309,11 @@ def recommend(
         for start in range(0, len(live), batch_size):
             rows = live[start : start + batch_size]
             width = int(enc.lengths[rows].max())
-            out[rows] = recommend_indices(model, enc.items[rows, :width], enc.lengths[rows], k, exclude_seen)
+            out[rows] = recommend_indices(model, enc.items[rows, :width], enc.lengths[rows], k, exclude_seen, index)
     empty = len(enc.lengths) - len(live)
     if enc.unknown_items or empty:
         log.warning("recommend: ignored %d unknown item ids; %d sessions had no known item", enc.unknown_items, empty)
-    return Recommendations(decode_rows(vocab, out), enc.unknown_items, empty)
+    return Recommendations(decode_rows(vocab, out), enc.unknown_items, empty, None if index is None else index.describe())
 
 
 # --------------------------------------------------------------------------- files

@@ -1,0 +1,37 @@
+"""Serving settings: which index ranks the catalogue for recommendations, and the HTTP endpoint."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from seqrec.config.base import Section
+
+
+class ServingConfig(Section):
+    """How ``recommend`` (CLI, HTTP, the pipeline's index) ranks a dot-product model's catalogue.
+
+    ``index``: ``exact`` scores every item; ``ann`` uses an approximate index built once per model and
+    saved beside it (``ann_kind``: ``hnsw``, usearch's graph, or ``ivf``, FAISS's inverted lists), its
+    candidates scored exactly; ``auto`` uses it from ``exact_max_items`` items on. Models without a
+    dot-product output layer (the count baselines) are always exact.
+    """
+
+    index: Literal["exact", "ann", "auto"] = "auto"
+    exact_max_items: int = Field(200_000, gt=0)  # auto: exact below this many items (BENCHMARKS.md, crossover)
+    ann_kind: Literal["hnsw", "ivf"] = "hnsw"  # BENCHMARKS.md, "Approximate retrieval": why hnsw
+    ann_connectivity: int = Field(16, ge=2)  # hnsw: links per node
+    ann_expansion_add: int = Field(64, gt=0)  # hnsw: search breadth while building (build time vs recall)
+    ann_expansion_search: int = Field(64, gt=0)  # hnsw: search breadth per query (recall vs speed)
+    ann_lists: int = Field(0, ge=0)  # ivf: inverted lists; 0 = 4 sqrt(items)
+    ann_probe: int = Field(32, gt=0)  # ivf: lists searched per query
+    ann_extra: int = Field(10, ge=0)  # candidates fetched beyond k (rounding slack: the lifted order is the score order)
+    ann_head: int = Field(256, ge=0)  # items of highest bias scored for every query (short queries rank by bias)
+    recall_sessions: int = Field(2000, gt=0)  # sessions the index's recall@k is measured on when it is built
+    recall_k: int = Field(10, gt=0)
+    host: str = "127.0.0.1"  # seqrec serve
+    port: int = Field(8765, ge=0, le=65535)  # 0 = any free port
+    max_sessions: int = Field(1024, gt=0)  # per HTTP request
+    max_k: int = Field(1000, gt=0)  # largest k an HTTP request may ask
+    reload_seconds: float = Field(2.0, gt=0)  # how often seqrec serve REGISTRY looks for a new current version

@@ -1,0 +1,218 @@
+"""The approximate index: exact when every list is probed, repeat terms and banned items as the exact path,
+recall measured against exact, stored beside the model and rebuilt when the model changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seqrec.config import Gru4RecConfig, ServingConfig, TrainingConfig
+from seqrec.models.gru4rec import GRU4Rec
+from seqrec.models.repeat import RepeatTerm
+from seqrec.sequences import ItemVocab, SessionDataset
+from seqrec.serving.ann import AnnIndex, tie_aware_recall
+from seqrec.serving.ann_backends import lifted_items, lifted_queries
+from seqrec.serving.indexes import index_for, index_path, uses_ann
+from seqrec.serving.recommend import recommend, save_model
+from seqrec.serving.topk import DotProductIndex
+
+
+def layer(n_items=3000, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n_items, dim, generator=g)
+    bias = torch.randn(n_items, generator=g) * 0.5
+    return weight, bias
+
+
+def test_lifted_points_nearest_is_best_scored():
+    weight, bias = layer(50, 4)
+    q0 = torch.randn(3, 4)
+    x = lifted_items(weight, bias)
+    q = lifted_queries(q0, float(np.linalg.norm(x[0])))
+    dist = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)  # (3, 49)
+    scores = (q0 @ weight[1:].T + bias[1:]).numpy()
+    assert np.array_equal(dist.argsort(1)[:, :10], (-scores).argsort(1)[:, :10])
+    assert np.allclose((x ** 2).sum(1), (x ** 2).sum(1).max(), rtol=1e-5)  # every lifted item on one sphere
+    assert np.allclose((q ** 2).sum(1), (x[0] ** 2).sum(), rtol=1e-5)  # queries scaled onto it
+
+
+def test_every_list_probed_is_exact_with_bias_and_banned_items():
+    weight, bias = layer()
+    ann = AnnIndex.build(weight, bias, kind="ivf", lists=16, probe=16, extra=20)
+    exact = DotProductIndex(weight, bias)
+    q = torch.randn(40, 8)
+    banned = torch.randint(0, 3000, (40, 6))
+    banned[:, 4:] = 0  # padding in the banned rows
+    ev, ei = exact.search(q, 10, banned)
+    av, ai = ann.search(q, 10, banned)
+    assert torch.equal(ai, ei)
+    assert torch.allclose(av, ev, atol=1e-4)
+    assert not (ai[:, :, None] == banned[:, None, :4]).any()
+
+
+def test_repeat_terms_match_the_exact_path_when_every_list_is_probed():
+    weight, bias = layer()
+    ann = AnnIndex.build(weight, bias, kind="ivf", lists=8, probe=8, extra=30)
+    exact = DotProductIndex(weight, bias)
+    q = torch.randn(20, 8)
+    items = torch.randint(1, 3000, (20, 5))
+    items[:, 3] = items[:, 0]  # a repeated item: scored once, counted twice by repeat_first
+    items[::2, 4] = 0
+    for term in (RepeatTerm(items, beta=torch.full((20,), 3.0)), RepeatTerm(items, first=True)):
+        ev, ei = exact.search(q, 10, repeat=term)
+        av, ai = ann.search(q, 10, repeat=term)
+        assert torch.equal(ai, ei)
+        assert torch.allclose(av, ev, atol=1e-4)
+    first = ann.search(q, 3, repeat=RepeatTerm(items, first=True))[1]
+    assert (first[:, 0] == items[:, 0]).all()  # the item seen twice ranks first
+
+
+def test_few_lists_probed_lose_some_items_and_recall_says_how_many():
+    weight, bias = layer(20_000, 16)
+    q = torch.randn(200, 16)
+    exact_values = DotProductIndex(weight, bias).search(q, 10)[0]
+    narrow = AnnIndex.build(weight, bias, kind="ivf", lists=200, probe=1, extra=0)
+    wide = AnnIndex.build(weight, bias, kind="ivf", lists=200, probe=200, extra=0)
+    r_narrow = tie_aware_recall(narrow.search(q, 10)[0], exact_values)
+    assert tie_aware_recall(wide.search(q, 10)[0], exact_values) == 1.0
+    assert 0.0 < r_narrow < 0.9
+
+
+def test_tie_aware_recall_known_answers():
+    exact = torch.tensor([[5.0, 4.0, 3.0], [2.0, 1.0, 1.0]])
+    assert tie_aware_recall(exact.clone(), exact) == 1.0
+    assert tie_aware_recall(torch.tensor([[5.0, 4.0, 2.0], [2.0, 1.0, 0.0]]), exact) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert tie_aware_recall(torch.tensor([[5.0, 3.0, -np.inf], [1.0, 1.0, 2.0]]), exact) == pytest.approx((2 / 3 + 1) / 2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    n_items = 400
+    vocab = ItemVocab(np.array(["<pad>"] + [f"i{i}" for i in range(n_items)], dtype=object))
+    items = (np.arange(6000) * 7 + rng.integers(0, 3, 6000)) % n_items + 1
+    data = SessionDataset(vocab, np.arange(0, 6001, 6), items.astype(np.int64), np.arange(6000), np.arange(1000))
+    model = GRU4Rec(Gru4RecConfig(epochs=1, hidden=16, batch_size=32), TrainingConfig(device="cpu", progress=False))
+    model.fit(data)
+    path = save_model(model, tmp_path_factory.mktemp("m") / "gru4rec.pt")
+    return model, path
+
+
+def test_index_is_stored_beside_the_model_loaded_again_and_rebuilt_when_the_model_changes(trained):
+    model, path = trained
+    serving = ServingConfig(index="ann", ann_kind="ivf", ann_lists=4, ann_probe=4)
+    first = index_for(model, path, serving)
+    assert index_path(path).is_file() and first.meta["recall@10"] == 1.0  # every list probed
+    again = index_for(model, path, serving)
+    assert again.meta["build_seconds"] == first.meta["build_seconds"]  # loaded, not rebuilt
+    assert again.meta["recall_sample"] == first.meta["recall_sample"]
+    with torch.no_grad():
+        model.output_layer()[0][5] += 1.0  # a new model version in the same file's place
+    try:
+        rebuilt = AnnIndex.load(index_path(path), *model.output_layer())
+        assert rebuilt is None  # stale: its fingerprint names other weights
+    finally:
+        with torch.no_grad():
+            model.output_layer()[0][5] -= 1.0
+
+
+def test_recommend_through_the_index_names_it_and_matches_exact_when_every_list_is_probed(trained):
+    model, path = trained
+    sessions = [["i1", "i8", "i15"], ["i200"], ["i3", "nope"], []]
+    ann = index_for(model, None, ServingConfig(index="ann", ann_kind="ivf", ann_lists=4, ann_probe=4))
+    exact = recommend(model, sessions, k=5)
+    approx = recommend(model, sessions, k=5, index=ann)
+    assert list(approx) == list(exact)
+    assert approx.index["index"] == "ann" and approx.index["kind"] == "ivf" and approx.index["lists"] == 4 and exact.index == {"index": "exact"}
+    assert approx.unknown_items == 1 and approx.empty_sessions == 1
+
+
+def test_auto_picks_the_index_by_catalogue_size(trained):
+    model, _ = trained
+    assert uses_ann(model, ServingConfig(index="auto", exact_max_items=400))
+    assert not uses_ann(model, ServingConfig(index="auto", exact_max_items=401))
+    assert not uses_ann(model, ServingConfig(index="exact"))
+
+
+def test_evaluation_through_an_index_that_probes_every_list_matches_exact_evaluation(trained):
+    from seqrec.config import EvaluationConfig
+    from seqrec.evaluation.metrics import evaluate_model
+    from seqrec.serving.indexes import IndexedRecommender
+
+    model, _ = trained
+    rng = np.random.default_rng(3)
+    vocab = model.vocab
+    items = (np.arange(600) * 7 + rng.integers(0, 3, 600)) % 400 + 1
+    data = SessionDataset(vocab, np.arange(0, 601, 6), items.astype(np.int64), np.arange(600), np.arange(100))
+    cfg = EvaluationConfig(cutoffs=(1, 5, 10))
+    exact = evaluate_model(model, data, cfg, lists=False).metrics
+    full = AnnIndex.build(*model.output_layer(), kind="ivf", lists=4, probe=4)
+    through = evaluate_model(IndexedRecommender(model, full, 10), data, cfg, lists=False).metrics
+    assert through == pytest.approx(exact)
+    narrow = AnnIndex.build(*model.output_layer(), kind="ivf", lists=40, probe=1, extra=0)
+    worse = evaluate_model(IndexedRecommender(model, narrow, 10), data, cfg, lists=False).metrics
+    assert worse["recall@10"] < exact["recall@10"]
+
+
+def test_cli_index_recommend_and_evaluate_through_the_index(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    rows = ["SessionId\tItemId\tTime"]
+    for s in range(400):
+        start = int(rng.integers(0, 200))
+        rows += [f"{s}\t{(start + 3 * i) % 200}\t{1_000_000 + s * 3600 + i}" for i in range(4)]
+    train, test = tmp_path / "train.tsv", tmp_path / "test.tsv"
+    train.write_text("\n".join(rows[:1401]) + "\n")
+    test.write_text("\n".join([rows[0]] + rows[1401:]) + "\n")
+    (tmp_path / "sessions.txt").write_text("3 6\n10\n")
+    cmd, out = [sys.executable, "-m", "seqrec.cli"], tmp_path / "m"
+
+    def run(*args):
+        return json.loads(subprocess.run(cmd + list(args) + ["--json"], check=True, capture_output=True, text=True).stdout)
+
+    run("train", "bprmf", "--train", str(train), "--test", str(test), "--out", str(out), "--set", "models.bprmf.epochs=2")
+    every = ["--set", "serving.ann_kind=ivf", "--set", "serving.ann_lists=2", "--set", "serving.ann_probe=2"]
+    built = run("index", str(out / "bprmf.pt"), *every)
+    assert built["index"] == "ann" and built["recall@10"] == 1.0 and (out / "bprmf.pt.ann").is_file()
+    recs = run("recommend", str(out / "bprmf.pt"), str(tmp_path / "sessions.txt"), "--index", "ann", *every)
+    assert recs["index"]["index"] == "ann" and recs["index"]["build_seconds"] == built["build_seconds"]  # stored one
+    exact = run("recommend", str(out / "bprmf.pt"), str(tmp_path / "sessions.txt"), "--index", "exact")
+    assert exact["index"] == {"index": "exact"} and exact["recommendations"] == recs["recommendations"]
+    plain = run("evaluate", str(out / "bprmf.pt"))
+    through = run("evaluate", str(out / "bprmf.pt"), "--set", "evaluation.index=ann", *every)
+    assert plain["index"] == {"index": "exact"} and through["index"]["ranked_through"] is True
+    assert through["label"] == "bprmf (ann index)"
+    assert through["metrics"]["recall@20"] == pytest.approx(plain["metrics"]["recall@20"])
+
+
+def test_head_items_catch_queries_that_rank_by_bias():
+    g = torch.Generator().manual_seed(1)  # item vectors in 50 tight groups (the lists follow them), bias across groups
+    centres = torch.randn(50, 16, generator=g) * 3
+    weight = centres[torch.randint(0, 50, (20_000,), generator=g)] + torch.randn(20_000, 16, generator=g) * 0.3
+    bias = torch.randn(20_000, generator=g) * 2
+    q = torch.randn(100, 16, generator=g) * 0.05  # short queries: the best items are those of highest bias, in any list
+    exact_values = DotProductIndex(weight, bias).search(q, 10)[0]
+    without = AnnIndex.build(weight, bias, kind="ivf", lists=200, probe=1, extra=0, head=0)
+    with_head = AnnIndex.build(weight, bias, kind="ivf", lists=200, probe=1, extra=0, head=256)
+    assert tie_aware_recall(without.search(q, 10)[0], exact_values) < 0.5
+    assert tie_aware_recall(with_head.search(q, 10)[0], exact_values) == 1.0
+    values, items = with_head.search(q, 10)
+    assert all(len(set(row)) == 10 for row in items.tolist())  # a head item the lists also return is not doubled
+
+
+def test_hnsw_graph_finds_the_best_items_and_survives_a_save(tmp_path):
+    weight, bias = layer(5000, 16)
+    q = torch.randn(200, 16)
+    exact_values, exact_items = DotProductIndex(weight, bias).search(q, 10)
+    ann = AnnIndex.build(weight, bias, kind="hnsw", expansion_search=128)
+    values, items = ann.search(q, 10)
+    assert tie_aware_recall(values, exact_values) >= 0.98
+    assert torch.allclose(values[items == exact_items], exact_values[items == exact_items])  # exact scores
+    ann.save(tmp_path / "m.pt.ann")
+    loaded = AnnIndex.load(tmp_path / "m.pt.ann", weight, bias)
+    assert loaded.meta == ann.meta and torch.equal(loaded.search(q, 10)[1], items)
+    assert AnnIndex.load(tmp_path / "m.pt.ann", weight * 2, bias) is None  # another model's weights: stale
