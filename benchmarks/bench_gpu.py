@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 
@@ -43,6 +44,8 @@ from seqrec.models.gru4rec import GRU4Rec
 from seqrec.models.sasrec import SASRec
 from seqrec.sequences import ItemVocab, build_sessions
 from seqrec.serving.recommend import recommend
+
+logging.getLogger("seqrec.serving.recommend").setLevel(logging.ERROR)  # unknown-id counts are not the point here
 
 
 def parse_args() -> argparse.Namespace:
