@@ -216,3 +216,20 @@ def test_hnsw_graph_finds_the_best_items_and_survives_a_save(tmp_path):
     loaded = AnnIndex.load(tmp_path / "m.pt.ann", weight, bias)
     assert loaded.meta == ann.meta and torch.equal(loaded.search(q, 10)[1], items)
     assert AnnIndex.load(tmp_path / "m.pt.ann", weight * 2, bias) is None  # another model's weights: stale
+
+
+def test_a_registered_version_carries_its_index_and_serving_it_loads_that_one(trained, tmp_path):
+    from seqrec.pipeline.registry import register_best
+    from seqrec.serving.http import ModelSource
+    from seqrec.serving.registry import current_version, set_current
+
+    model, path = trained
+    serving = ServingConfig(index="ann", ann_kind="ivf", ann_lists=4, ann_probe=4)
+    built = index_for(model, path, serving)
+    result = {"model_path": str(path), "model": "gru4rec", "metrics": {"recall@20": 0.5}, "data_fingerprint": "v"}
+    name = register_best(str(tmp_path / "reg"), [result], "recall@20", {}, "d", None, None)["version"]
+    set_current(tmp_path / "reg", name)
+    version = current_version(tmp_path / "reg")
+    assert sorted(version.meta["files"]) == ["gru4rec.pt", "gru4rec.pt.ann", "gru4rec.pt.ann.json"]
+    served = ModelSource(tmp_path / "reg", serving).served
+    assert served.version == name and served.index.meta["build_seconds"] == built.meta["build_seconds"]  # not rebuilt

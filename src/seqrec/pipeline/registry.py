@@ -67,6 +67,15 @@ def current_version_info(registry: str) -> dict[str, Any] | None:
                                          "model_path": str(version.model_path)}
 
 
+def model_files(model_path: str) -> list[str]:
+    """Return the model file, then its approximate index and description when they were built beside it."""
+    from seqrec.serving.indexes import index_path
+
+    ann = index_path(model_path)
+    pair = [ann, ann.with_name(ann.name + ".json")]
+    return [model_path] + ([str(p) for p in pair] if all(p.is_file() for p in pair) else [])
+
+
 def register_best(registry: str, results: list[dict[str, Any]], metric: str, config: dict[str, Any], data_fingerprint: str,
                   current: dict[str, Any] | None, baseline: dict[str, Any] | None) -> dict[str, Any]:
     """Register the candidate with the best validation ``metric``, recording what it was compared with; return its name."""
@@ -74,7 +83,7 @@ def register_best(registry: str, results: list[dict[str, Any]], metric: str, con
     best = results[chosen]
     compared = None if current is None else {"version": current["version"], "metrics": baseline["metrics"],
                                              "valid_fingerprint": baseline["data_fingerprint"]}
-    version = R.register_version(registry, [best["model_path"]], best["model"], config, data_fingerprint,
+    version = R.register_version(registry, model_files(best["model_path"]), best["model"], config, data_fingerprint,
                                  best["metrics"], best["data_fingerprint"], compared)
     return {"version": version.name, "chosen": chosen, "model": best["model"]}
 

@@ -200,8 +200,12 @@ def build_app(source: ModelSource):
 
 def serve(target: Path | str, serving: ServingConfig) -> None:
     """Serve ``target`` (a model file or a registry directory) on ``serving.host``:``serving.port`` until interrupted."""
+    import sys
+
     import uvicorn
 
+    print(f"seqrec serve: loading {target} (index {serving.index}; an approximate index missing beside the model is "
+          "built now, minutes for millions of items)", file=sys.stderr, flush=True)
     source = ModelSource(target, serving)
     d = source.served.describe()
     index = d["index"]
