@@ -1,4 +1,4 @@
-"""Operations flows: nightly retrain with guarded promotion, data-quality check of new partitions, backfill.
+"""Operations flows: nightly retrain with promotion by a paired test, data-quality check of new partitions, backfill.
 
 Every flow takes the typed config (``SeqrecConfig``) like the pipeline's flows; deployments
 (``deployments/prefect.yaml``, ``deployments/serve.py``) only override its values.
@@ -23,22 +23,26 @@ def registry_dir(cfg: SeqrecConfig) -> str:
 
 @flow(name="promote", log_prints=True)
 def promote_flow(trained: dict, data_fingerprint: str, config: SeqrecConfig = SeqrecConfig()) -> dict:
-    """Evaluate the new models and the current one on the same validation split; register the best, promote if not worse."""
+    """Evaluate the new models and the current one on the same validation targets; register the best; promote it only
+    when it is better by ``registry.min_gain`` and a paired test over the targets says so (``registry.max_p``)."""
     registry, metric, split = registry_dir(config), config.training.valid_metric, trained["split"]
+    ranks = Path(config.output.run_dir).resolve() / "promotion"  # per-target ranks for the paired test
     current = R.current_version(registry)
-    futures = [R.evaluate_version.submit(t["path"], split, config.evaluation, "valid") for t in trained["trained"]]
-    baseline = R.evaluate_version(current["model_path"], split, config.evaluation, "valid") if current else None
+    futures = [R.evaluate_version.submit(t["path"], split, config.evaluation, "valid",
+                                         str(ranks / f"{Path(t['path']).stem}.valid_ranks.npy")) for t in trained["trained"]]
+    baseline = (R.evaluate_version(current["model_path"], split, config.evaluation, "valid",
+                                   str(ranks / f"current-{current['version']}.valid_ranks.npy")) if current else None)
     results = [f.result() for f in futures]
     registered = R.register_version(registry, results, metric, config, data_fingerprint, current, baseline)
-    promoted = R.promote_if_not_worse(registry, registered["version"], metric)
-    table = R.publish_model_comparison(results, baseline, current, registered, promoted, metric)
+    promoted = R.promote_if_better(registry, registered["version"], metric, config.registry)
+    table = R.publish_model_comparison(results, baseline, current, registered, promoted, metric, registry)
     return {"registry": registry, "version": registered["version"], "model": registered["model"],
             "promoted": promoted, "previous": current["version"] if current else None, "table": table}
 
 
 @flow(name="retrain", log_prints=True)
 def retrain_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
-    """Ingest, check, clean, build features and train, then register and promote only if not worse."""
+    """Ingest, check, clean, build features and train, then register and promote only a better candidate."""
     ingested = ingest_flow(config=config)
     quality_flow(ingested=ingested, config=config)
     cleaned = clean_flow(ingested=ingested, config=config)

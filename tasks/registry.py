@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from seqrec.config import EvaluationConfig, SeqrecConfig, config_to_dict
+from seqrec.config import EvaluationConfig, RegistryConfig, SeqrecConfig, config_to_dict
 from seqrec.pipeline import registry as P
 from seqrec.serving import registry as R
 from tasks.common import IO_RETRIES
@@ -18,9 +18,10 @@ def current_version(registry: str) -> dict | None:
 
 
 @task(name="evaluate_version", task_run_name="evaluate_version-{part}")
-def evaluate_version(model_path: str, split: dict, cfg: EvaluationConfig, part: str = "valid") -> dict:
-    """Return a saved model's metrics on the split's ``part`` (aligned to the split's vocabulary)."""
-    return P.evaluate_version(model_path, split["split_dir"], cfg, part)
+def evaluate_version(model_path: str, split: dict, cfg: EvaluationConfig, part: str = "valid",
+                     ranks_path: str | None = None) -> dict:
+    """Return a saved model's metrics on the split's ``part`` (aligned to the split's vocabulary), ranks written to ``ranks_path``."""
+    return P.evaluate_version(model_path, split["split_dir"], cfg, part, ranks_path)
 
 
 @task(name="register_version")
@@ -30,17 +31,17 @@ def register_version(registry: str, results: list[dict], metric: str, config: Se
     return P.register_best(registry, results, metric, config_to_dict(config), data_fingerprint, current, baseline)
 
 
-@task(name="promote_if_not_worse")
-def promote_if_not_worse(registry: str, version: str, metric: str) -> bool:
-    """Return whether the candidate became current (not worse than current on the same data)."""
-    return R.promote_if_not_worse(registry, version, metric)
+@task(name="promote_if_better")
+def promote_if_better(registry: str, version: str, metric: str, rule: RegistryConfig) -> bool:
+    """Return whether the candidate became current (better than current on the same targets, by the paired test)."""
+    return R.promote_if_better(registry, version, metric, rule.min_gain, rule.max_p)
 
 
 @task(name="publish_model_comparison")
 def publish_model_comparison(results: list[dict], baseline: dict | None, current: dict | None, registered: dict,
-                             promoted: bool, metric: str) -> str:
+                             promoted: bool, metric: str, registry: str | None = None) -> str:
     """Return the candidate-vs-current markdown table; publish it and the rows as artifacts."""
-    rows, markdown = P.compare_with_current(results, baseline, current, registered, promoted, metric)
+    rows, markdown = P.compare_with_current(results, baseline, current, registered, promoted, metric, registry)
     create_table_artifact(rows, key="retrain-comparison", description=f"Candidates vs current on validation data ({metric})")
     create_markdown_artifact(markdown, key="retrain-decision")
     return markdown

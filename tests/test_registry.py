@@ -26,15 +26,28 @@ def model_file(tmp_path: Path, name: str = "markov.pt", content: bytes = b"weigh
     return path
 
 
+TARGETS = 1000
+
+
+def ranks_file(tmp_path: Path, recall: float) -> str:
+    """Write per-target ranks of 1000 validation targets whose recall@20 is ``recall``: the first hits (rank 1),
+    the rest miss (rank 100), so a higher recall hits a superset of a lower one's targets."""
+    path = tmp_path / "ranks" / f"{recall:.4f}-{len(list(tmp_path.glob('ranks/*')))}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.where(np.arange(TARGETS) < round(recall * TARGETS), 1, 100))
+    return str(path)
+
+
 def register(registry: Path, tmp_path: Path, recall: float, compared: dict | None = None, model: str = "markov") -> R.ModelVersion:
-    """Register a candidate whose validation recall@20 is ``recall``."""
+    """Register a candidate whose validation recall@20 is ``recall`` (with its per-target ranks)."""
     return R.register_version(registry, [model_file(tmp_path, f"{model}.pt")], model, {"models": {"names": [model]}},
-                              "data-fp", {"recall@20": recall, "mrr@20": recall / 2}, VALID_FP, compared)
+                              "data-fp", {"recall@20": recall, "mrr@20": recall / 2}, VALID_FP, compared,
+                              ranks_file(tmp_path, recall))
 
 
-def compared_with(version: str, recall: float, valid_fp: str = VALID_FP) -> dict:
-    """Return the current version's metrics on the candidate's validation data."""
-    return {"version": version, "metrics": {"recall@20": recall}, "valid_fingerprint": valid_fp}
+def compared_with(version: str, recall: float, valid_fp: str = VALID_FP, ranks: str | None = None) -> dict:
+    """Return the current version's metrics (and per-target ranks) on the candidate's validation data."""
+    return {"version": version, "metrics": {"recall@20": recall}, "valid_fingerprint": valid_fp, "ranks": ranks}
 
 
 def test_register_numbers_versions_and_writes_meta(tmp_path):
@@ -57,28 +70,44 @@ def test_register_missing_file_names_it_and_leaves_no_version(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "current_recall, candidate_recall, promoted",
+    "current_recall, candidate_recall, min_gain, promoted, reason",
     [
-        (0.50, 0.40, False),  # worse candidate: current stays
-        (0.50, 0.60, True),  # better candidate: promoted
-        (0.50, 0.50, True),  # tie: promoted (newer model on the same quality)
+        (0.50, 0.40, 0.0, False, "not higher"),  # worse candidate: current stays
+        (0.50, 0.60, 0.0, True, "paired test says so"),  # 100 more targets hit, none lost: p ~ 0.0005
+        (0.50, 0.50, 0.0, False, "not higher"),  # tie: current stays (a new model of the same quality is noise)
+        (0.50, 0.505, 0.0, False, "may be noise"),  # 5 more hits of 1000: p ~ 0.06 > 0.05
+        (0.50, 0.60, 0.2, False, "below min_gain"),  # real but smaller than asked
     ],
 )
-def test_promote_if_not_worse(tmp_path, current_recall, candidate_recall, promoted):
+def test_promote_if_better(tmp_path, current_recall, candidate_recall, min_gain, promoted, reason):
     reg = tmp_path / "registry"
     register(reg, tmp_path, 0.9)  # v0001's own recall on OLD data must not matter
-    assert R.promote_if_not_worse(reg, "v0001")
-    cand = register(reg, tmp_path, candidate_recall, compared_with("v0001", current_recall))
-    assert R.promote_if_not_worse(reg, cand.name, metric="recall@20") is promoted
+    assert R.promote_if_better(reg, "v0001")
+    seen = compared_with("v0001", current_recall, ranks=ranks_file(tmp_path, current_recall))
+    cand = register(reg, tmp_path, candidate_recall, seen)
+    assert R.promote_if_better(reg, cand.name, metric="recall@20", min_gain=min_gain) is promoted
     assert R.current_version(reg).name == ("v0002" if promoted else "v0001")
     decision = R.read_version(reg, "v0002").meta["promotion"]
-    assert decision["promoted"] is promoted and decision["current"] == "v0001" and decision["current_value"] == current_recall
+    assert decision["promoted"] is promoted and decision["current"] == "v0001" and reason in decision["reason"]
+    assert decision["current_value"] == pytest.approx(current_recall) and decision["targets"] == TARGETS
+    assert decision["difference"] == pytest.approx(candidate_recall - current_recall)
+    assert decision["ci_low"] <= decision["difference"] <= decision["ci_high"]
+
+
+def test_promotion_needs_both_rank_files(tmp_path):
+    reg = tmp_path / "registry"
+    register(reg, tmp_path, 0.5)
+    R.promote_if_better(reg, "v0001")
+    register(reg, tmp_path, 0.9, compared_with("v0001", 0.5))  # the current's ranks were not kept
+    with pytest.raises(R.RegistryError, match="current's per-target validation ranks"):
+        R.promote_if_better(reg, "v0002")
+    assert R.current_version(reg).name == "v0001"
 
 
 def test_first_version_is_promoted(tmp_path):
     reg = tmp_path / "registry"
     register(reg, tmp_path, 0.01)
-    assert R.promote_if_not_worse(reg, "v0001") and R.current_version(reg).name == "v0001"
+    assert R.promote_if_better(reg, "v0001") and R.current_version(reg).name == "v0001"
     assert (reg / "current").read_text() == "v0001\n"
 
 
@@ -93,10 +122,10 @@ def test_first_version_is_promoted(tmp_path):
 def test_promotion_refuses_comparisons_on_other_data(tmp_path, compared, message):
     reg = tmp_path / "registry"
     register(reg, tmp_path, 0.5)
-    R.promote_if_not_worse(reg, "v0001")
+    R.promote_if_better(reg, "v0001")
     register(reg, tmp_path, 0.9, compared)
     with pytest.raises(R.RegistryError, match=message):
-        R.promote_if_not_worse(reg, "v0002")
+        R.promote_if_better(reg, "v0002")
     assert R.current_version(reg).name == "v0001"
 
 
@@ -104,7 +133,7 @@ def test_missing_metric_is_an_error_naming_it(tmp_path):
     reg = tmp_path / "registry"
     register(reg, tmp_path, 0.5)
     with pytest.raises(KeyError, match="ndcg@5"):
-        R.promote_if_not_worse(reg, "v0001", metric="ndcg@5")
+        R.promote_if_better(reg, "v0001", metric="ndcg@5")
     assert R.current_version(reg) is None
 
 

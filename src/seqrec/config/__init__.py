@@ -21,13 +21,13 @@ from seqrec.config.data import (CleaningConfig, DataConfig, DefectRates, Generat
 from seqrec.config.learning import (MODEL_NAMES, NEURAL_MODELS, BprMfConfig, EmbeddingConfig, EvaluationConfig,
                                     FeaturesConfig, GraphConfig, Gru4RecConfig, ItemKnnConfig, ModelName, ModelsConfig,
                                     NeuralModelConfig, SasRecConfig, SessionConfig, SessionKnnConfig, TrainingConfig)
-from seqrec.config.serving import ServingConfig
+from seqrec.config.serving import RegistryConfig, ServingConfig
 
 __all__ = ["ConfigError", "Section", "SeqrecConfig", "OutputConfig", "CleaningConfig", "DataConfig", "DefectRates",
            "GeneratorConfig", "QualityConfig", "SuiteParams", "MODEL_NAMES", "NEURAL_MODELS", "BprMfConfig",
            "EmbeddingConfig", "EvaluationConfig", "FeaturesConfig", "GraphConfig", "Gru4RecConfig", "ItemKnnConfig",
            "ModelName", "ModelsConfig", "NeuralModelConfig", "SasRecConfig", "SessionConfig", "SessionKnnConfig",
-           "ServingConfig", "TrainingConfig", "build_config", "load_config", "parse_overrides", "config_to_dict"]
+           "RegistryConfig", "ServingConfig", "TrainingConfig", "build_config", "load_config", "parse_overrides", "config_to_dict"]
 
 
 
@@ -56,6 +56,7 @@ class SeqrecConfig(Section):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     serving: ServingConfig = ServingConfig()
+    registry: RegistryConfig = RegistryConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

@@ -35,3 +35,14 @@ class ServingConfig(Section):
     max_sessions: int = Field(1024, gt=0)  # per HTTP request
     max_k: int = Field(1000, gt=0)  # largest k an HTTP request may ask
     reload_seconds: float = Field(2.0, gt=0)  # how often seqrec serve REGISTRY looks for a new current version
+
+
+class RegistryConfig(Section):
+    """When a retrained candidate replaces the registry's current version (both ranked on the same validation targets).
+
+    Promoted only when its mean of ``training.valid_metric`` is higher by at least ``min_gain`` (absolute) and
+    a paired randomisation test over the per-target values gives p <= ``max_p``: noise and ties keep current.
+    """
+
+    min_gain: float = Field(0.0, ge=0)
+    max_p: float = Field(0.05, gt=0, le=1)

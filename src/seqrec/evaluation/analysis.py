@@ -70,6 +70,19 @@ def bootstrap_interval(values: np.ndarray, seed: int = 0, samples: int = BOOTSTR
     return float(lo), float(hi)
 
 
+def per_target_values(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """Return each target's contribution (R,) to ``metric`` (recall/hr/mrr/ndcg@K) from its rank (1 = first)."""
+    name, _, k = metric.partition("@")
+    if name not in ("recall", "hr", "mrr", "ndcg") or not k.isdigit():
+        raise ValueError(f"metric {metric!r} is not <recall|hr|mrr|ndcg>@K")
+    ranks = np.asarray(ranks, dtype=np.float64)
+    inside = ranks <= int(k)
+    if name in ("recall", "hr"):
+        return inside.astype(np.float64)
+    safe = np.where(inside, ranks, 1.0)
+    return np.where(inside, 1.0 / safe if name == "mrr" else 1.0 / np.log2(safe + 1.0), 0.0)
+
+
 def paired_test(a: np.ndarray, b: np.ndarray, seed: int = 0, permutations: int = PERMUTATIONS) -> dict[str, float]:
     """Return mean(a - b), its bootstrap 95% interval and the randomisation p-value of a paired comparison."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

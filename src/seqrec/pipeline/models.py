@@ -139,10 +139,11 @@ def history_of(model) -> dict[str, Any]:
 
 
 def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfig, part: str = "test",
-                           keep_ranks: bool = False, serving: ServingConfig | None = None) -> dict[str, Any]:
+                           keep_ranks: bool = False, serving: ServingConfig | None = None,
+                           ranks_path: str | None = None) -> dict[str, Any]:
     """Evaluate a saved model on the split's ``part`` under the configured protocol.
 
-    ``keep_ranks``: write the per-target ranks beside the model (``target_ranks``) for the report's paired tests.
+    ``keep_ranks``: write the per-target ranks (``target_ranks``) for the paired tests, to ``ranks_path`` or beside the model.
     ``serving``: build (or load) the model's approximate index beside it when these settings serve it through one,
     and name it in the result (``index``); ``evaluation.index: ann`` ranks through it.
     """
@@ -162,7 +163,8 @@ def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfi
     out.update(model=model.name, label=label, part=part, reencoding=reenc, eval_seconds=round(time.perf_counter() - start, 3),
                index=index)
     if keep_ranks:
-        out["target_ranks"] = str(io.write_array(result.target_ranks, Path(model_path).with_suffix(f".{part}_ranks.npy")))
+        dest = Path(ranks_path) if ranks_path else Path(model_path).with_suffix(f".{part}_ranks.npy")
+        out["target_ranks"] = str(io.write_array(result.target_ranks, dest))
     return out
 
 

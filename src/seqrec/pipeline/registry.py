@@ -46,18 +46,25 @@ class VocabAligned(Recommender):
         return self.realign(self.model.score_last(self.to_model[items], lengths))
 
 
-def evaluate_version(model_path: str, split_dir: str, cfg, part: str = "valid") -> dict[str, Any]:
-    """Evaluate a saved model on a split part; a model of another vocabulary is aligned to the split's."""
+def evaluate_version(model_path: str, split_dir: str, cfg, part: str = "valid", ranks_path: str | None = None) -> dict[str, Any]:
+    """Evaluate a saved model on a split part; a model of another vocabulary is aligned to the split's.
+
+    ``ranks_path``: write the per-target ranks there (the promotion's paired test reads them) and name it as ``ranks``.
+    """
     model, train = load_model(model_path), io.load_sessions(Path(split_dir) / "train.npz")
     data_path = Path(split_dir) / f"{part}.npz"
     stamp = {"model_path": str(model_path), "data_fingerprint": io.fingerprint_files([data_path], content=True)}
     if np.array_equal(np.asarray(model.vocab.ids, dtype=str), np.asarray(train.vocab.ids, dtype=str)):
-        return {**evaluate_trained_model(model_path, split_dir, cfg, part=part), **stamp, "aligned": None}
+        out = evaluate_trained_model(model_path, split_dir, cfg, part=part, keep_ranks=ranks_path is not None,
+                                     ranks_path=ranks_path)
+        return {**out, **stamp, "aligned": None, "ranks": out.pop("target_ranks", None)}
     aligned = VocabAligned(model, train.vocab)
     data, reenc = reencode_sessions(io.load_sessions(data_path), train.vocab)
-    result = evaluate_model(aligned, data, cfg, train_support=train.item_support()).to_dict()
+    evaluated = evaluate_model(aligned, data, cfg, train_support=train.item_support())
+    ranks = None if ranks_path is None else str(io.write_array(evaluated.target_ranks, Path(ranks_path)))
     counts = {"split_items_unknown_to_model": int(aligned.unknown[1:].sum()), "model_items": model.vocab.size}
-    return {**result, **stamp, "model": model.name, "part": part, "reencoding": reenc, "aligned": counts}
+    return {**evaluated.to_dict(), **stamp, "model": model.name, "part": part, "reencoding": reenc, "aligned": counts,
+            "ranks": ranks}
 
 
 def current_version_info(registry: str) -> dict[str, Any] | None:
@@ -82,15 +89,17 @@ def register_best(registry: str, results: list[dict[str, Any]], metric: str, con
     chosen = R.select_best(results, metric)
     best = results[chosen]
     compared = None if current is None else {"version": current["version"], "metrics": baseline["metrics"],
-                                             "valid_fingerprint": baseline["data_fingerprint"]}
+                                             "valid_fingerprint": baseline["data_fingerprint"], "ranks": baseline.get("ranks")}
     version = R.register_version(registry, model_files(best["model_path"]), best["model"], config, data_fingerprint,
-                                 best["metrics"], best["data_fingerprint"], compared)
+                                 best["metrics"], best["data_fingerprint"], compared, best.get("ranks"))
     return {"version": version.name, "chosen": chosen, "model": best["model"]}
 
 
 def compare_with_current(results: list[dict[str, Any]], baseline: dict[str, Any] | None, current: dict[str, Any] | None,
-                         registered: dict[str, Any], promoted: bool, metric: str) -> tuple[list[dict[str, Any]], str]:
-    """Return the candidate-vs-current rows and their markdown table with the decision."""
+                         registered: dict[str, Any], promoted: bool, metric: str,
+                         registry: str | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Return the candidate-vs-current rows and their markdown table with the decision (read from ``registry``)."""
     now = None if current is None else {**current, "metrics": baseline["metrics"]}
     rows = R.comparison_rows(results, now, metric, registered["chosen"], promoted)
-    return rows, R.render_comparison_markdown(rows, registered["version"], promoted, metric)
+    decision = None if registry is None else R.read_version(registry, registered["version"]).meta.get("promotion")
+    return rows, R.render_comparison_markdown(rows, registered["version"], promoted, metric, decision)

@@ -12,10 +12,11 @@ appears complete or not at all; the pointer is written to a temporary file and m
 serialises numbering and promotion between concurrent retrains.
 
 Promotion compares the candidate with the current version on the SAME validation data: the
-caller evaluates both on one split and records the current version's metrics in the
-candidate's ``meta.json`` (``compared_with``); ``promote_if_not_worse`` checks that both
-metric sets come from the same validation file and the same current version, then promotes
-when the candidate is not worse (ties promote) and records the decision.
+caller evaluates both on one split and records the current version's metrics and per-target ranks
+in the candidate's ``meta.json`` (``compared_with``); ``promote_if_better`` checks that both come
+from the same validation file and the same current version, then promotes only a candidate whose
+mean is higher by ``registry.min_gain`` with a paired test's p <= ``registry.max_p`` (ties and noise
+keep current), and records the decision.
 """
 
 from __future__ import annotations
@@ -128,11 +129,12 @@ def set_current(registry: Path | str, name: str) -> ModelVersion:
 
 def register_version(registry: Path | str, files: list[Path | str], model: str, config: dict[str, Any],
                      data_fingerprint: str, metrics: dict[str, float], valid_fingerprint: str,
-                     compared_with: dict[str, Any] | None = None) -> ModelVersion:
+                     compared_with: dict[str, Any] | None = None, ranks: str | None = None) -> ModelVersion:
     """Copy model files and write meta.json into the next version directory; return the version.
 
-    ``compared_with`` is ``{"version", "metrics", "valid_fingerprint"}`` of the current version
-    evaluated on the candidate's validation data (None when there is no current version).
+    ``compared_with`` is ``{"version", "metrics", "valid_fingerprint", "ranks"}`` of the current version
+    evaluated on the candidate's validation data (None when there is no current version); ``ranks`` is the
+    file of the candidate's per-target validation ranks (both for the paired test of ``promote_if_better``).
     """
     base = Path(registry)
     base.mkdir(parents=True, exist_ok=True)
@@ -144,7 +146,7 @@ def register_version(registry: Path | str, files: list[Path | str], model: str, 
             shutil.copy2(f, staging / f.name)
         meta = {"model": model, "files": [Path(f).name for f in files], "config": config,
                 "data_fingerprint": data_fingerprint, "valid_fingerprint": valid_fingerprint,
-                "metrics": metrics, "compared_with": compared_with, "created": now_utc()}
+                "metrics": metrics, "compared_with": compared_with, "ranks": ranks, "created": now_utc()}
         with registry_lock(base):
             name = version_name(max((int(v.name[1:]) for v in list_versions(base)), default=0) + 1)
             io.write_json({**meta, "version": name}, staging / META)
@@ -180,22 +182,52 @@ def check_same_data(candidate: ModelVersion, current: ModelVersion) -> dict[str,
     return seen
 
 
-def promote_if_not_worse(registry: Path | str, candidate: str, metric: str = "recall@20") -> bool:
-    """Make ``candidate`` current unless it is worse than current on the same data; return whether it was."""
+def promote_if_better(registry: Path | str, candidate: str, metric: str = "recall@20", min_gain: float = 0.0,
+                      max_p: float = 0.05) -> bool:
+    """Make ``candidate`` current when it beats current on the same validation targets; return whether it did.
+
+    The first version is promoted. Otherwise both per-target rank files (the candidate's ``ranks`` and its
+    ``compared_with.ranks``) give each target's ``metric``; the candidate needs a mean higher by ``min_gain``
+    and a paired randomisation test with p <= ``max_p``. The decision (both means, the difference and its 95%
+    interval, p, the rule) goes into the candidate's meta.json as ``promotion``.
+    """
     with registry_lock(registry):
         cand, current = read_version(registry, candidate), current_version(registry)
         value = metric_value(cand.meta["metrics"], metric, f"{cand.path / META}")
-        decision = {"metric": metric, "candidate_value": value, "current": None, "current_value": None}
+        decision = {"metric": metric, "candidate_value": value, "current": None, "current_value": None,
+                    "min_gain": min_gain, "max_p": max_p}
         if current is not None and current.name != cand.name:
-            seen = check_same_data(cand, current)
-            current_value = metric_value(seen["metrics"], metric, f"{cand.path / META} compared_with")
-            decision.update(current=current.name, current_value=current_value)
-        promoted = decision["current_value"] is None or value >= decision["current_value"]  # ties promote
-        if promoted:
+            decision.update(paired_decision(cand, check_same_data(cand, current), metric, min_gain, max_p),
+                            current=current.name)
+        else:
+            decision.update(promoted=True, reason="first version" if current is None else "already current")
+        if decision["promoted"]:
             set_current(registry, cand.name)
-        io.write_json({**cand.meta, "promotion": {**decision, "promoted": promoted, "decided": now_utc()}},
-                      cand.path / META)
-    return promoted
+        io.write_json({**cand.meta, "promotion": {**decision, "decided": now_utc()}}, cand.path / META)
+    return decision["promoted"]
+
+
+def paired_decision(cand: ModelVersion, seen: dict[str, Any], metric: str, min_gain: float, max_p: float) -> dict[str, Any]:
+    """Return the paired comparison of the candidate and current per-target ``metric`` values, and the decision."""
+    from seqrec.evaluation.analysis import paired_test, per_target_values
+
+    files = {"candidate": cand.meta.get("ranks"), "current": seen.get("ranks")}
+    for who, path in files.items():
+        if not path or not Path(path).is_file():
+            raise RegistryError(f"{cand.path / META}: the {who}'s per-target validation ranks ({path!r}) are missing; "
+                                "the paired test needs both")
+    mine, theirs = (per_target_values(np.load(files[w]), metric) for w in ("candidate", "current"))
+    if mine.shape != theirs.shape:
+        raise RegistryError(f"{cand.path / META}: candidate ranked {len(mine)} validation targets, current {len(theirs)}")
+    test = paired_test(mine, theirs)
+    gain = test["mean_difference"]
+    promoted = gain > 0 and gain >= min_gain and test["p_value"] <= max_p
+    reason = ("better, and the paired test says so" if promoted else
+              "not higher" if gain <= 0 else f"gain {gain:+.4f} below min_gain {min_gain}" if gain < min_gain else
+              f"p = {test['p_value']:.4f} > max_p {max_p}: the difference may be noise")
+    return {"candidate_value": float(mine.mean()), "current_value": float(theirs.mean()), "difference": gain,
+            "ci_low": test["ci_low"], "ci_high": test["ci_high"], "p_value": test["p_value"], "targets": len(mine),
+            "promoted": promoted, "reason": reason}
 
 
 def select_best(results: list[dict[str, Any]], metric: str) -> int:
@@ -218,11 +250,19 @@ def comparison_rows(candidates: list[dict[str, Any]], current: dict[str, Any] | 
     return rows
 
 
-def render_comparison_markdown(rows: list[dict[str, Any]], version: str, promoted: bool, metric: str) -> str:
-    """Return the candidate-vs-current table as markdown, with the decision line."""
+def render_comparison_markdown(rows: list[dict[str, Any]], version: str, promoted: bool, metric: str,
+                               decision: dict[str, Any] | None = None) -> str:
+    """Return the candidate-vs-current table as markdown, with the rule and the decision line."""
     cols = list(rows[0]) if rows else ["role", "model", metric, "promoted"]
+    d = decision or {}
     lines = [f"# Retrain: candidate {version} {'promoted' if promoted else 'NOT promoted'}", "",
-             f"Promotion rule: candidate `{metric}` on validation data >= current's on the same data (ties promote).", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+             f"Promotion rule: the candidate's mean `{metric}` over the same validation targets is higher than current's "
+             f"by at least {d.get('min_gain', 0.0)} and a paired randomisation test gives p <= {d.get('max_p', 0.05)}.", ""]
+    if "p_value" in d:
+        lines += [f"Decision: difference {d['difference']:+.4f} (95% interval [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]) "
+                  f"over {d['targets']} targets, p = {d['p_value']:.4f}: {d['reason']}.", ""]
+    elif d.get("reason"):
+        lines += [f"Decision: {d['reason']}.", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
