@@ -65,11 +65,15 @@ server: $(STAMP)
 	@echo "Prefect UI: $(PREFECT_URL)  (API $(PREFECT_URL)/api, stop: kill \$$(cat outputs/prefect-server.pid))"
 	$(MAKE) deploy
 
-# Create the process work pool (if missing) and register every deployment of deployments/prefect.yaml.
+# Create the process work pool (if missing), register every deployment of deployments/prefect.yaml, and the `gpu` tag's
+# concurrency limit (one training task at a time).
 deploy: $(STAMP)
 	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect work-pool inspect seqrec-process >/dev/null 2>&1 || \
 	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect work-pool create seqrec-process --type process
 	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+	@# one training task at a time on the GPU: train_model runs carry the `gpu` tag
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect concurrency-limit inspect gpu >/dev/null 2>&1 || \
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect concurrency-limit create gpu 1
 
 # Run scheduled and triggered flow runs of the seqrec-process pool (foreground; Ctrl-C stops it).
 worker: $(STAMP)

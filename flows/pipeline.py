@@ -16,6 +16,7 @@ from seqrec.pipeline.models import embeddings_for
 from seqrec.pipeline.data import fingerprint_raw_events
 from seqrec.pipeline.features import fingerprint_sessions
 from seqrec.pipeline.quality import fingerprint_raw_tables
+from seqrec.pipeline.runlock import run_lock
 from tasks import data as D
 from tasks import features as F
 from tasks import models as M
@@ -109,7 +110,13 @@ def evaluate_flow(trained: dict, config: SeqrecConfig = SeqrecConfig(), embeddin
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
-    """Run the whole DAG: ingest, quality, clean, features, train, evaluate."""
+    """Run the whole DAG: ingest, quality, clean, features, train, evaluate (holding the run directory's lock)."""
+    with run_lock(config.output.run_dir, config.output.lock_wait_seconds):
+        return pipeline_body(config)
+
+
+def pipeline_body(config: SeqrecConfig) -> dict:
+    """Return the pipeline's reports, metrics and run directory (``pipeline_flow`` under the run lock)."""
     log = get_run_logger()
     ingested = ingest_flow(config=config)
     quality = quality_flow(ingested=ingested, config=config)

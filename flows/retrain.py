@@ -1,5 +1,8 @@
 """Operations flows: nightly retrain with promotion by a paired test, data-quality check of new partitions, backfill.
 
+Each flow holds its run directory's lock (``seqrec.pipeline.runlock``) while it writes there: a second run on the
+same directory waits ``output.lock_wait_seconds`` for it, then is refused; runs never interleave.
+
 Every flow takes the typed config (``SeqrecConfig``) like the pipeline's flows; deployments
 (``deployments/prefect.yaml``, ``deployments/serve.py``) only override its values.
 """
@@ -12,6 +15,7 @@ from prefect import flow, get_run_logger
 
 from flows.pipeline import clean_flow, features_flow, ingest_flow, pipeline_flow, quality_flow, train_flow
 from seqrec.config import SeqrecConfig, build_config, config_to_dict
+from seqrec.pipeline.runlock import run_lock
 from seqrec.serving.registry import default_registry_dir
 from tasks import registry as R
 
@@ -43,12 +47,13 @@ def promote_flow(trained: dict, data_fingerprint: str, config: SeqrecConfig = Se
 @flow(name="retrain", log_prints=True)
 def retrain_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Ingest, check, clean, build features and train, then register and promote only a better candidate."""
-    ingested = ingest_flow(config=config)
-    quality_flow(ingested=ingested, config=config)
-    cleaned = clean_flow(ingested=ingested, config=config)
-    features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
-    trained = train_flow(features=features, config=config)
-    decision = promote_flow(trained=trained, data_fingerprint=features["fingerprint"], config=config)
+    with run_lock(config.output.run_dir, config.output.lock_wait_seconds):
+        ingested = ingest_flow(config=config)
+        quality_flow(ingested=ingested, config=config)
+        cleaned = clean_flow(ingested=ingested, config=config)
+        features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
+        trained = train_flow(features=features, config=config)
+        decision = promote_flow(trained=trained, data_fingerprint=features["fingerprint"], config=config)
     get_run_logger().info("Candidate %s (%s): promoted=%s", decision["version"], decision["model"], decision["promoted"])
     return decision
 
@@ -56,8 +61,9 @@ def retrain_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
 @flow(name="quality-check", log_prints=True)
 def quality_check_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Validate newly arrived day partitions (per-day caching: days seen before are cache hits)."""
-    ingested = ingest_flow(config=config)
-    quality = quality_flow(ingested=ingested, config=config)
+    with run_lock(config.output.run_dir, config.output.lock_wait_seconds):
+        ingested = ingest_flow(config=config)
+        quality = quality_flow(ingested=ingested, config=config)
     return {"root": ingested["root"], "days": [d["day"] for d in ingested["days"]], "quality": quality}
 
 

@@ -126,3 +126,50 @@ def test_cli_runs_on_different_roots_overlap_and_a_second_run_on_a_root_is_refus
     for root, proc in zip(roots, runs):  # each run wrote only its own directory, whole
         assert json.loads((root / "r1" / "result.json").read_text()) == {"pid": proc.pid, "run_dir": str(root / "r1")}
         assert sorted(p.name for p in (root / "r1").iterdir()) == [LOCK_NAME, "result.json", "started"]
+
+
+def test_the_lock_is_reentrant_in_its_process_and_still_refuses_others(tmp_path):
+    run = tmp_path / "run"
+    with run_lock(run):
+        with run_lock(run):  # the CLI holds it and the flow it starts takes it again
+            assert (run / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        probe = spawn("import sys\nfrom seqrec.pipeline.runlock import run_lock\nwith run_lock(sys.argv[1]): pass\n", str(run))
+        _, err = probe.communicate(timeout=60)
+        assert probe.returncode == 1 and "is in use by another run" in err  # the outer hold is still there
+    with run_lock(run):  # released once the outermost block ends
+        pass
+
+
+def test_a_second_run_waits_for_the_first_then_runs(tmp_path):
+    run = tmp_path / "run"
+    short = spawn(HOLDER.replace("time.sleep(120)", "time.sleep(2)"), str(run))
+    assert short.stdout.readline().strip() == "locked"
+    start = time.monotonic()
+    with pytest.raises(RunLockedError, match=r"\(waited 0.3 s\)"):
+        with run_lock(run, wait_seconds=0.3):
+            pytest.fail("entered a locked run directory")
+    with run_lock(run, wait_seconds=60):  # entered once the first run let go (it holds the lock for 2 s)
+        waited = time.monotonic() - start
+    short.communicate()
+    assert 1.0 < waited < 30
+
+
+@pytest.mark.slow
+def test_every_flow_that_writes_a_run_directory_takes_its_lock(tmp_path, holder, prefect_harness):
+    from flows.pipeline import pipeline_flow
+    from flows.retrain import backfill_flow, quality_check_flow, retrain_flow
+    from seqrec.config import build_config
+
+    cfg = build_config({"output": {"root": str(tmp_path), "run_name": "run"}, "generator": {"events": 2000}})
+    for flow in (pipeline_flow, retrain_flow, quality_check_flow):
+        with pytest.raises(RunLockedError, match="is in use by another run"):
+            flow(config=cfg)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_NAME]  # nothing written before the refusal
+    other = spawn(HOLDER, str(tmp_path / "run-backfill-1082-1083"))
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match="run-backfill-1082-1083"):
+            backfill_flow(config=cfg, first_day=1082, last_day=1083)
+    finally:
+        other.kill()
+        other.communicate()

@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
     cfg = config_from(args, extra)
     from seqrec.pipeline.runlock import run_lock
 
-    with run_lock(cfg.output.run_dir):  # a second run on the same run directory is refused, not interleaved
+    with run_lock(cfg.output.run_dir, cfg.output.lock_wait_seconds):  # a second run on the same run directory is refused, not interleaved
         start = time.perf_counter()
         result = load_flow("pipeline")(config=cfg)
     result["seconds"] = round(time.perf_counter() - start, 1)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from seqrec.config.base import ConfigError, Section
 from seqrec.config.data import (CleaningConfig, DataConfig, DefectRates, GeneratorConfig, QualityConfig,
@@ -37,6 +37,7 @@ class OutputConfig(Section):
 
     root: Path = Path("outputs")
     run_name: str = "default"
+    lock_wait_seconds: float = Field(0.0, ge=0)  # a run finding its run directory in use waits this long, then is refused
 
     @property
     def run_dir(self) -> Path:

@@ -2,7 +2,9 @@
 
 The kernel drops a flock when the last descriptor of its open file closes, so the lock
 goes with the process that holds it however it ends (SIGKILL included): there is never a
-stale lock to clean up by hand. The holder writes its pid into the file so that a refused
+stale lock to clean up by hand. The lock is re-entrant within a process (the CLI holds it and
+the flow it starts takes it again), and a second run may wait for the first (``wait_seconds``,
+``output.lock_wait_seconds``) instead of being refused at once. The holder writes its pid into the file so that a refused
 run can name it; the pid is information only, the lock is the flock. The lock file is never
 deleted: unlinking it while another process waits on the same inode would let two runs in.
 """
@@ -12,12 +14,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 from seqrec.io import OutputError
 
 LOCK_NAME = ".lock"
+POLL_SECONDS = 0.5
+_HELD: dict[Path, int] = {}  # run directories this process holds -> nesting depth
+_HELD_GUARD = threading.Lock()
 
 
 class RunLockedError(RuntimeError):
@@ -41,24 +48,54 @@ def open_lock_file(run_dir: Path) -> int:
         raise OutputError(f"cannot create run lock {path}: {err.strerror or err}") from err
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path | str) -> Iterator[Path]:
-    """Hold the run directory's lock for the block and yield the lock file's path; raise RunLockedError if held."""
-    run_dir = Path(run_dir).resolve()
-    fd = open_lock_file(run_dir)
-    try:
+def acquire(fd: int, run_dir: Path, wait_seconds: float) -> None:
+    """Take the flock on ``fd``, waiting up to ``wait_seconds``; raise RunLockedError naming the holder."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
         except BlockingIOError:
-            raise RunLockedError(
-                f"run directory {run_dir} is in use by another run (pid {read_holder(fd)}, lock {run_dir / LOCK_NAME}); "
-                "wait for it to finish or choose another output.root / output.run_name"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if time.monotonic() >= deadline:
+                waited = f" (waited {wait_seconds:g} s)" if wait_seconds else ""
+                raise RunLockedError(
+                    f"run directory {run_dir} is in use by another run (pid {read_holder(fd)}, lock {run_dir / LOCK_NAME})"
+                    f"{waited}; wait for it to finish or choose another output.root / output.run_name"
+                ) from None
+            time.sleep(POLL_SECONDS)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path | str, wait_seconds: float = 0.0) -> Iterator[Path]:
+    """Hold the run directory's lock for the block and yield the lock file's path; raise RunLockedError if held.
+
+    Already held by this process: the block runs under that hold. Held by another: wait up to
+    ``wait_seconds`` for it (0: refuse at once).
+    """
+    run_dir = Path(run_dir).resolve()
+    with _HELD_GUARD:
+        nested = run_dir in _HELD
+        if nested:
+            _HELD[run_dir] += 1
+    if nested:
         try:
             yield run_dir / LOCK_NAME
         finally:
+            with _HELD_GUARD:
+                _HELD[run_dir] -= 1
+        return
+    fd = open_lock_file(run_dir)
+    try:
+        acquire(fd, run_dir, wait_seconds)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with _HELD_GUARD:
+            _HELD[run_dir] = 1
+        try:
+            yield run_dir / LOCK_NAME
+        finally:
+            with _HELD_GUARD:
+                del _HELD[run_dir]
             os.ftruncate(fd, 0)  # still held here: a finished run's pid is never shown as the holder
     finally:
         os.close(fd)  # releases the flock
