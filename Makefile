@@ -66,7 +66,7 @@ server: $(STAMP)
 	$(MAKE) deploy
 
 # Create the process work pool (if missing), register every deployment of deployments/prefect.yaml, and the `gpu` tag's
-# concurrency limit (one training task at a time).
+# concurrency limit (one training task at a time) and the automation on failed nightly runs.
 deploy: $(STAMP)
 	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect work-pool inspect seqrec-process >/dev/null 2>&1 || \
 	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect work-pool create seqrec-process --type process
@@ -74,6 +74,9 @@ deploy: $(STAMP)
 	@# one training task at a time on the GPU: train_model runs carry the `gpu` tag
 	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect concurrency-limit inspect gpu >/dev/null 2>&1 || \
 	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect concurrency-limit create gpu 1
+	@# a failed nightly run becomes a triggered automation (deployments/automations.yaml)
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect automation inspect seqrec-nightly-failed >/dev/null 2>&1 || \
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect automation create --from-file deployments/automations.yaml
 
 # Run scheduled and triggered flow runs of the seqrec-process pool (foreground; Ctrl-C stops it).
 worker: $(STAMP)

@@ -17,6 +17,7 @@ from flows.pipeline import clean_flow, features_flow, ingest_flow, pipeline_flow
 from seqrec.config import SeqrecConfig, build_config, config_to_dict
 from seqrec.pipeline.runlock import run_lock
 from seqrec.serving.registry import default_registry_dir
+from tasks import data as D
 from tasks import registry as R
 
 
@@ -39,6 +40,7 @@ def promote_flow(trained: dict, data_fingerprint: str, config: SeqrecConfig = Se
     results = [f.result() for f in futures]
     registered = R.register_version(registry, results, metric, config, data_fingerprint, current, baseline)
     promoted = R.promote_if_better(registry, registered["version"], metric, config.registry)
+    R.announce_promotion(registry, registered["version"])
     table = R.publish_model_comparison(results, baseline, current, registered, promoted, metric, registry)
     return {"registry": registry, "version": registered["version"], "model": registered["model"],
             "promoted": promoted, "previous": current["version"] if current else None, "table": table}
@@ -60,11 +62,13 @@ def retrain_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
 
 @flow(name="quality-check", log_prints=True)
 def quality_check_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
-    """Validate newly arrived day partitions (per-day caching: days seen before are cache hits)."""
+    """Validate newly arrived day partitions (per-day caching: days seen before are cache hits) and announce each new
+    day as a ``seqrec.partition.arrived`` event (the nightly deployment's trigger)."""
     with run_lock(config.output.run_dir, config.output.lock_wait_seconds):
         ingested = ingest_flow(config=config)
         quality = quality_flow(ingested=ingested, config=config)
-    return {"root": ingested["root"], "days": [d["day"] for d in ingested["days"]], "quality": quality}
+        arrived = D.announce_new_days(ingested, str(Path(config.output.run_dir).resolve()))
+    return {"root": ingested["root"], "days": [d["day"] for d in ingested["days"]], "quality": quality, "arrived": arrived}
 
 
 def with_day_range(cfg: SeqrecConfig, first_day: int, last_day: int) -> SeqrecConfig:

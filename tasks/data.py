@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
+from prefect.events import emit_event
 
 from seqrec.pipeline import data as stages
 from seqrec.config import DataConfig, SeqrecConfig
@@ -22,3 +23,9 @@ def ingest_events(root: str, raw_fingerprint: str, data: DataConfig, out_dir: st
     result = stages.ingest_events(root, data, out_dir)
     create_table_artifact(stages.partition_rows(result), key="ingest-partitions", description=stages.ingest_note(result))
     return result
+
+
+@task(name="announce_new_days", **IO_RETRIES)
+def announce_new_days(ingested: dict, state_dir: str) -> list:
+    """Return the days not announced before; emit seqrec.partition.arrived for each (the nightly deployment's trigger)."""
+    return stages.announce_new_days(ingested["root"], ingested["days"], state_dir, emit_event)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 
 from seqrec.config import EvaluationConfig, RegistryConfig, SeqrecConfig, config_to_dict
 from seqrec.pipeline import registry as P
@@ -45,3 +46,9 @@ def publish_model_comparison(results: list[dict], baseline: dict | None, current
     create_table_artifact(rows, key="retrain-comparison", description=f"Candidates vs current on validation data ({metric})")
     create_markdown_artifact(markdown, key="retrain-decision")
     return markdown
+
+
+@task(name="announce_promotion")
+def announce_promotion(registry: str, version: str) -> bool:
+    """Emit seqrec.model.promoted with the decision when ``version`` became current; return whether it did."""
+    return P.announce_promotion(registry, version, emit_event)

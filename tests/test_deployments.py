@@ -29,6 +29,17 @@ from seqrec.synthetic.generate import generate_tecd
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
+PAUSE_TRIGGERS = """
+import asyncio
+from prefect.client.orchestration import get_client
+async def main():
+    async with get_client() as client:
+        automations = await client.read_automations()
+        for a in automations:
+            await client.pause_automation(a.id)
+        print(len(automations))
+asyncio.run(main())
+"""
 TRIGGER = """
 import json, sys
 from prefect.deployments import run_deployment
@@ -98,6 +109,9 @@ def test_deployment_runs_on_worker(server, tmp_path):
     prefect(["work-pool", "create", "seqrec-process", "--type", "process"], env)
     deployed = prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
     assert "retrain/nightly" in deployed and "quality-check/new-partitions" in deployed and "backfill/on-demand" in deployed
+    # the nightly deployment's trigger exists; paused here, or the days this check announces would start a retrain
+    paused = subprocess.run([sys.executable, "-c", PAUSE_TRIGGERS], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert paused.returncode == 0 and int(paused.stdout.split()[-1]) >= 1, paused.stderr[-2000:]
     params = json.dumps({"config": {"data": {"root": str(root)}, "output": {"root": str(tmp_path / "out")}}})
     worker = [str(BIN / "prefect"), "worker", "start", "--pool", "seqrec-process", "--type", "process"]
     with process_group(worker, tmp_path / "worker.log", env=env, cwd=REPO):
@@ -107,6 +121,8 @@ def test_deployment_runs_on_worker(server, tmp_path):
     run = json.loads(done.stdout.strip().splitlines()[-1])
     assert run["state"] == "Completed", (run, (tmp_path / "worker.log").read_text()[-3000:])
     assert [p for p in (tmp_path / "out" / "default" / "quality").rglob("*") if p.is_file()]  # it wrote its checks
+    announced = json.loads((tmp_path / "out" / "default" / "announced_days.json").read_text())
+    assert sorted(announced) == ["1082", "1083"]  # both days announced as seqrec.partition.arrived events
 
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} absent: flow run {run['id']} Completed, screenshot not taken")
@@ -124,10 +140,11 @@ def test_deployment_definitions_agree():
     spec = {d["name"]: d for d in yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]}
     assert spec["nightly"]["schedules"][0]["cron"] == "0 2 * * *" and spec["nightly"]["entrypoint"] == "flows/retrain.py:retrain_flow"
     assert {d["work_pool"]["name"] for d in spec.values()} == {"seqrec-process"}
-    served = {d.name: d for d in build_deployments(build_config({"output": {"run_name": "nightly"}}))}
+    served = {d.name: d for d in build_deployments(build_config({"output": {"run_name": "nightly", "lock_wait_seconds": 3600}}))}
     assert set(served) == set(spec)
     assert served["nightly"].schedules[0].schedule.cron == spec["nightly"]["schedules"][0]["cron"]
-    assert served["new-partitions"].parameters == {"config": {"output": {"run_name": "nightly"}}}
+    assert served["new-partitions"].parameters == spec["new-partitions"]["parameters"]
+    assert served["nightly"].triggers[0].expect == set(spec["nightly"]["triggers"][0]["expect"])
 
 
 @pytest.mark.parametrize("first, last, ok", [(1082, 1083, True), (1083, 1083, True), (1084, 1083, False)])

@@ -54,3 +54,26 @@ def ingest_note(ingested: dict[str, Any]) -> str:
     outside = ingested["rows_outside_days"]
     note = f"; {outside} row(s) dated on days without a readable file kept in events_outside_days.parquet" if outside else ""
     return f"Raw partitions read by ingest{note}"
+
+
+SEEN_DAYS = "announced_days.json"  # day -> fingerprint of the day partitions already announced
+
+
+def announce_new_days(root: str, days: list[dict[str, Any]], state_dir: str, emit: Callable[..., Any]) -> list[int]:
+    """Announce every ingested day not announced before, or whose files changed since; return those days.
+
+    ``emit(event=, resource=, payload=)`` sends one ``seqrec.partition.arrived`` event per such day (Prefect's
+    ``emit_event`` in the flows): resource ``seqrec.partition.<root id>.<day>``, payload root, day, rows and the
+    day's fingerprint. What was announced is kept in ``<state_dir>/announced_days.json`` after the events are sent.
+    """
+    path = Path(state_dir) / SEEN_DAYS
+    seen = io.read_json(path) if path.is_file() else {}
+    fresh = [d for d in days if seen.get(str(d["day"])) != d["fingerprint"]]
+    root_id = io.fingerprint_obj(str(Path(root).resolve()))
+    for d in fresh:
+        emit(event="seqrec.partition.arrived",
+             resource={"prefect.resource.id": f"seqrec.partition.{root_id}.{d['day']}",
+                       "prefect.resource.name": f"{root} day {d['day']}", "seqrec.day": str(d["day"])},
+             payload={"root": str(root), "day": int(d["day"]), "rows": d.get("rows"), "fingerprint": d["fingerprint"]})
+    io.write_json({**seen, **{str(d["day"]): d["fingerprint"] for d in fresh}}, path)
+    return [int(d["day"]) for d in fresh]

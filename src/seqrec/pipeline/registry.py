@@ -4,7 +4,7 @@ vocabulary), the best candidate registered, and the candidate-vs-current compari
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -103,3 +103,16 @@ def compare_with_current(results: list[dict[str, Any]], baseline: dict[str, Any]
     rows = R.comparison_rows(results, now, metric, registered["chosen"], promoted)
     decision = None if registry is None else R.read_version(registry, registered["version"]).meta.get("promotion")
     return rows, R.render_comparison_markdown(rows, registered["version"], promoted, metric, decision)
+
+
+def announce_promotion(registry: str, version: str, emit: Callable[..., Any]) -> bool:
+    """Send ``seqrec.model.promoted`` (resource ``seqrec.registry.<version>``, the decision as payload) when ``version``
+    was promoted; return whether it was."""
+    meta = R.read_version(registry, version).meta
+    decision = meta.get("promotion") or {}
+    if decision.get("promoted"):
+        emit(event="seqrec.model.promoted",
+             resource={"prefect.resource.id": f"seqrec.registry.{version}", "prefect.resource.name": f"{meta['model']} {version}",
+                       "seqrec.registry": str(Path(registry).resolve())},
+             payload={"model": meta["model"], "version": version, **decision})
+    return bool(decision.get("promoted"))
