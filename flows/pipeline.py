@@ -85,14 +85,16 @@ def features_flow(cleaned: dict, root: str, config: SeqrecConfig = SeqrecConfig(
 
 
 @flow(name="train", log_prints=True)
-def train_flow(features: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
-    """Split the sessions by the evaluation protocol and train every configured model."""
+def train_flow(features: dict, config: SeqrecConfig = SeqrecConfig(), warm: dict | None = None) -> dict:
+    """Split the sessions by the evaluation protocol and train every configured model (``warm``: the registry version
+    the model of its name starts from)."""
     code = code_version()
     split = bind(M.split_sessions, config)(features["sessions"]["sessions"], features["fingerprint"], config.evaluation,
                                            stage_dir(config, "split"), code)
     sections = {name: model_section(config.models, name) for name in config.models.names}
     futures = [bind(M.train_model, config).submit(name, split, section, config.training, config.evaluation,
-                                                  stage_dir(config, "models"), code, embeddings_for(name, section, features))
+                                                  stage_dir(config, "models"), code, embeddings_for(name, section, features),
+                                                  warm if warm and warm["model"] == name else None)
                for name, section in sections.items()]
     return {"split": split, "trained": [f.result() for f in futures]}
 

@@ -27,7 +27,7 @@ def registry_dir(cfg: SeqrecConfig) -> str:
 
 
 @flow(name="promote", log_prints=True)
-def promote_flow(trained: dict, data_fingerprint: str, config: SeqrecConfig = SeqrecConfig()) -> dict:
+def promote_flow(trained: dict, data_fingerprint: str, config: SeqrecConfig = SeqrecConfig(), days: list | None = None) -> dict:
     """Evaluate the new models and the current one on the same validation targets; register the best; promote it only
     when it is better by ``registry.min_gain`` and a paired test over the targets says so (``registry.max_p``)."""
     registry, metric, split = registry_dir(config), config.training.valid_metric, trained["split"]
@@ -38,7 +38,8 @@ def promote_flow(trained: dict, data_fingerprint: str, config: SeqrecConfig = Se
     baseline = (R.evaluate_version(current["model_path"], split, config.evaluation, "valid",
                                    str(ranks / f"current-{current['version']}.valid_ranks.npy")) if current else None)
     results = [f.result() for f in futures]
-    registered = R.register_version(registry, results, metric, config, data_fingerprint, current, baseline)
+    registered = R.register_version(registry, results, metric, config, data_fingerprint, current, baseline,
+                                    trained["trained"], days)
     promoted = R.promote_if_better(registry, registered["version"], metric, config.registry)
     R.announce_promotion(registry, registered["version"])
     table = R.publish_model_comparison(results, baseline, current, registered, promoted, metric, registry)
@@ -48,14 +49,17 @@ def promote_flow(trained: dict, data_fingerprint: str, config: SeqrecConfig = Se
 
 @flow(name="retrain", log_prints=True)
 def retrain_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
-    """Ingest, check, clean, build features and train, then register and promote only a better candidate."""
+    """Ingest, check, clean, build features and train (warm-started from the registry's current version when
+    ``training.init_from`` is ``registry``), then register and promote only a better candidate."""
     with run_lock(config.output.run_dir, config.output.lock_wait_seconds):
         ingested = ingest_flow(config=config)
         quality_flow(ingested=ingested, config=config)
         cleaned = clean_flow(ingested=ingested, config=config)
         features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
-        trained = train_flow(features=features, config=config)
-        decision = promote_flow(trained=trained, data_fingerprint=features["fingerprint"], config=config)
+        warm = R.warm_start_plan(registry_dir(config), config.training)
+        trained = train_flow(features=features, config=config, warm=warm)
+        decision = promote_flow(trained=trained, data_fingerprint=features["fingerprint"], config=config,
+                                days=[d["day"] for d in ingested["days"]])
     get_run_logger().info("Candidate %s (%s): promoted=%s", decision["version"], decision["model"], decision["promoted"])
     return decision
 

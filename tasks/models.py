@@ -19,9 +19,9 @@ def split_sessions(sessions_path: str, fingerprint: str, cfg: EvaluationConfig, 
 
 @task(name="train_model", **CACHE, tags=["gpu"], task_run_name="train_model-{name}")  # no timeout: THREAD_TASKS
 def train_model(name: str, split: dict, section: Section | None, training: TrainingConfig, evaluation: EvaluationConfig,
-                out_dir: str, code: str, embeddings: dict | None = None) -> dict:
-    """Return the trained model's file, training time and history (its own section and embeddings in the cache key)."""
-    return stages.train_model(name, split["split_dir"], section, training, evaluation, out_dir, stages.path_of(embeddings))
+                out_dir: str, code: str, embeddings: dict | None = None, warm: dict | None = None) -> dict:
+    """Return the trained model's file, training time and history (its own section, embeddings and warm start in the key)."""
+    return stages.train_model(name, split["split_dir"], section, training, evaluation, out_dir, stages.path_of(embeddings), warm)
 
 
 @task(name="evaluate_model", **CACHE)  # no timeout: THREAD_TASKS

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-from seqrec.config import EvaluationConfig, RegistryConfig, SeqrecConfig, config_to_dict
+from seqrec.config import EvaluationConfig, RegistryConfig, SeqrecConfig, TrainingConfig, config_to_dict
 from seqrec.pipeline import registry as P
 from seqrec.serving import registry as R
 from tasks.common import IO_RETRIES
@@ -27,9 +27,16 @@ def evaluate_version(model_path: str, split: dict, cfg: EvaluationConfig, part: 
 
 @task(name="register_version")
 def register_version(registry: str, results: list[dict], metric: str, config: SeqrecConfig, data_fingerprint: str,
-                     current: dict | None, baseline: dict | None) -> dict:
-    """Return the registered version of the best candidate on validation data, with the index chosen."""
-    return P.register_best(registry, results, metric, config_to_dict(config), data_fingerprint, current, baseline)
+                     current: dict | None, baseline: dict | None, trained: list | None = None, days: list | None = None) -> dict:
+    """Return the registered version of the best candidate on validation data (how it was trained recorded)."""
+    return P.register_best(registry, results, metric, config_to_dict(config), data_fingerprint, current, baseline,
+                           trained, days)
+
+
+@task(name="warm_start_plan", **IO_RETRIES)
+def warm_start_plan(registry: str, training: TrainingConfig) -> dict | None:
+    """Return the registry version tonight's neural model starts from, or None (from scratch)."""
+    return P.warm_start_plan(registry, training)
 
 
 @task(name="promote_if_better")

@@ -116,3 +116,31 @@ def test_an_unrelated_setting_leaves_trained_models_cached(prefect_harness, full
     changed = build_config(base, {"models": {"itemknn": {"neighbours": 7}, "names": ["markov", "itemknn"]}})
     third = task_states([train_flow(features=features, config=changed, return_state=True).state_details.flow_run_id])
     assert third["train_model-markov"] == "Cached" and third["train_model-itemknn"] == "Completed"
+
+
+def test_nightly_retrain_fine_tunes_from_the_current_version_and_retrains_from_scratch_on_schedule(
+        prefect_harness, full_root, tmp_path):
+    from flows.retrain import retrain_flow
+    from seqrec.serving import registry as R
+
+    root = tmp_path / "raw"
+    copy_days(full_root, root, [FIRST_DAY, FIRST_DAY + 1, FIRST_DAY + 2])
+    base = {"data": {"root": str(root)}, "output": {"root": str(tmp_path / "out")}, "features": {"build_graph": False},
+            "models": {"names": ["gru4rec"], "gru4rec": {"hidden": 16, "epochs": 1, "n_sample": 32}},
+            "training": {"progress": False, "patience": 0, "init_from": "registry", "finetune_epochs": 1,
+                         "full_retrain_every": 3}, "registry": {"max_p": 1.0}}  # promote any gain: the lineage is the point
+    reg = tmp_path / "out" / "registry"
+    first = retrain_flow(config=build_config(base))
+    assert first["version"] == "v0001" and R.read_version(reg, "v0001").meta["training"]["mode"] == "scratch"
+    copy_days(full_root, root, [FIRST_DAY + 3])  # night 2: a new day arrives
+    second = retrain_flow(config=build_config(base))
+    meta = R.read_version(reg, second["version"]).meta["training"]
+    assert meta["mode"] == "finetune" and meta["from"] == "v0001" and meta["nights_since_full"] == 1
+    assert meta["days"] == [FIRST_DAY, FIRST_DAY + 3] and meta["kept"] > 0
+    R.set_current(reg, second["version"])  # whatever the test said: the lineage goes on from it
+    third = retrain_flow(config=build_config(base, {"training": {"seed": 1}}))  # a changed input: it trains again
+    assert R.read_version(reg, third["version"]).meta["training"]["mode"] == "finetune"
+    R.set_current(reg, third["version"])
+    fourth = retrain_flow(config=build_config(base, {"training": {"seed": 2}}))  # 3 nights since scratch: full retrain
+    assert R.read_version(reg, fourth["version"]).meta["training"] == {"mode": "scratch", "nights_since_full": 0,
+                                                                       "days": [FIRST_DAY, FIRST_DAY + 3]}

@@ -202,6 +202,9 @@ class TrainingConfig(Section):
     threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch default
     checkpoint_every_steps: int = Field(2000, gt=0)
     progress: bool = True
+    init_from: Literal["scratch", "registry"] = "scratch"  # registry: retrain starts GRU4Rec / SASRec from the current version
+    finetune_epochs: int = Field(1, gt=0)  # epochs of a warm-started retrain (no early stopping)
+    full_retrain_every: int = Field(7, ge=0)  # nights: every Nth retrain starts from scratch (0: only the first)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -98,6 +98,32 @@ class NeuralRecommender(Recommender):
         self.build_net(vocab)
         return warm_start_embedding(self.item_embedding(), matrix, mode=self.cfg.init_projection)
 
+    def init_from_model(self, previous: "NeuralRecommender", vocab: ItemVocab) -> dict[str, int]:
+        """Start from ``previous`` (the same kind, the same sizes) over ``vocab``; return item counts kept / new / dropped.
+
+        Every weight is copied; a weight with one row per item (and padding) is copied row by row by item id:
+        items both vocabularies hold keep their rows, new items keep this network's fresh (seeded) rows, and
+        items only ``previous`` knew are dropped. Optimiser state starts afresh.
+        """
+        if type(previous) is not type(self) or previous.net is None:
+            raise ValueError(f"cannot start {type(self).__name__} from a {type(previous).__name__}")
+        self.build_net(vocab)
+        old_pos = previous.vocab.encode(vocab.ids[1:])  # (V,) row of each item in the previous model, 0 = new
+        kept = np.flatnonzero(old_pos > 0) + 1
+        theirs, rows = previous.net.state_dict(), (len(previous.vocab.ids), len(vocab.ids))
+        with torch.no_grad():
+            for key, mine in self.net.state_dict().items():
+                old = theirs.get(key)
+                if old is not None and mine.ndim and (old.shape[0], mine.shape[0]) == rows and old.shape[1:] == mine.shape[1:]:
+                    mine[torch.as_tensor(kept)] = old[torch.as_tensor(old_pos[kept - 1])].to(mine.device, mine.dtype)
+                elif old is not None and old.shape == mine.shape:
+                    mine.copy_(old)
+                else:
+                    raise ValueError(f"cannot start {self.name} from the previous model: weight {key!r} has shape "
+                                     f"{None if old is None else tuple(old.shape)} there and {tuple(mine.shape)} here "
+                                     f"(models.{self.name} sizes changed? train from scratch)")
+        return {"kept": int(len(kept)), "new": int(vocab.size - len(kept)), "dropped": int(previous.vocab.size - len(kept))}
+
     def fit_network(self, optimizer: torch.optim.Optimizer, make_batches: Callable[[int], Iterable], step,
                     validate: Validate | None, **loop: Any) -> TrainingHistory:
         """Run the resumable fit loop for ``cfg.epochs`` on the built network; keep and return its history."""

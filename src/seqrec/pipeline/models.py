@@ -17,7 +17,7 @@ from seqrec.evaluation.metrics import make_validator
 from seqrec.features.embeddings import ItemEmbeddings
 from seqrec.models.base import Recommender, Validate
 from seqrec.models.factory import NEURAL_MODELS, build_model
-from seqrec.serving.recommend import save_model
+from seqrec.serving.recommend import load_model, save_model
 
 
 def split_sessions(sessions_path: str, cfg: EvaluationConfig, out_dir: str) -> dict[str, Any]:
@@ -39,14 +39,16 @@ def save_split(split, out_dir: str) -> dict[str, Any]:
 
 
 def train_model(name: str, split_dir: str, section: Section | None, training: TrainingConfig, evaluation: EvaluationConfig,
-                out_dir: str, embeddings_path: str | None = None) -> dict[str, Any]:
+                out_dir: str, embeddings_path: str | None = None, warm: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train model ``name`` (its config ``section``) on the split's train_full part and save it.
 
     Neural models first pick their epoch count by early stopping on ``valid`` (trained on
     ``train`` only, so selection never sees its own validation data), then retrain on
     ``train_full`` for that many epochs. Every model ends up on the same vocabulary, so all
     are ranked on exactly the same test targets. Given ``embeddings_path``, a neural model starts
-    from those item embeddings (``embeddings_for`` says when the pipeline gives them).
+    from those item embeddings (``embeddings_for`` says when the pipeline gives them). Given ``warm`` (a registry
+    version of this model, ``seqrec.pipeline.registry.warm_start_plan``), it starts from that model instead and trains
+    ``training.finetune_epochs`` on train_full, with no epoch selection; ``init`` in the result says which.
     """
     if embeddings_path and name not in NEURAL_MODELS:
         raise ConfigError(f"item embeddings warm-start {' and '.join(NEURAL_MODELS)}, not {name}")
@@ -54,17 +56,22 @@ def train_model(name: str, split_dir: str, section: Section | None, training: Tr
     train_full = io.load_sessions(split / "train_full.npz")
     start = time.perf_counter()
     selection: dict[str, Any] = {}
-    if name in NEURAL_MODELS and training.patience > 0:
+    previous = None if not warm or warm["model"] != name else load_model(warm["path"])
+    if previous is not None:
+        section = type(section).model_validate({**config_to_dict(section), "epochs": training.finetune_epochs})
+    elif name in NEURAL_MODELS and training.patience > 0:
         section, selection = select_epochs(name, split, section, training, evaluation, out, embeddings_path)
-    ckpt = checkpoint_path(out, name, split / "train_full.npz", section, training, embeddings_path)
-    model = fit_model(name, section, training, ckpt, train_full, embeddings_path)
+    ckpt = checkpoint_path(out, name, split / "train_full.npz", section, training, warm["path"] if previous else embeddings_path)
+    model = fit_model(name, section, training, ckpt, train_full, embeddings_path, previous=previous)
     seconds = time.perf_counter() - start
     path = save_model(model, out / f"{name}.pt")
     ckpt.unlink(missing_ok=True)  # the finished model replaces the resume point
     history = history_of(model)
     io.write_json({"history": history, "selection": selection}, out / f"{name}.history.json")
+    init = ({"mode": "finetune", "from": warm["version"], "nights_since_full": warm["nights_since_full"],
+             **getattr(model, "warm_counts", {})} if previous else {"mode": "scratch", "nights_since_full": 0})
     return {"model": name, "path": str(path), "train_seconds": round(seconds, 2), "train_events": train_full.n_events,
-            "history": history, "selection": selection, "warm_start": embeddings_path is not None}
+            "history": history, "selection": selection, "warm_start": embeddings_path is not None, "init": init}
 
 
 def embeddings_for(name: str, section: Section | None, features: dict[str, Any]) -> dict[str, Any] | None:
@@ -113,11 +120,14 @@ NEURAL_TURN = threading.Lock()
 
 
 def fit_model(name: str, section: Section | None, training: TrainingConfig, ckpt: Path, train, embeddings_path: str | None,
-              validator: Callable[[Recommender], Validate] | None = None) -> Recommender:
-    """Return model ``name`` built from its section, warm-started when asked, and fitted on ``train``."""
+              validator: Callable[[Recommender], Validate] | None = None, previous: Recommender | None = None) -> Recommender:
+    """Return model ``name`` built from its section, warm-started when asked (from ``previous`` or the embeddings),
+    and fitted on ``train``."""
     with NEURAL_TURN if name in NEURAL_MODELS else contextlib.nullcontext():
         model = build_model(name, section, training, checkpoint_path=ckpt)
-        if embeddings_path:
+        if previous is not None:
+            model.warm_counts = model.init_from_model(previous, train.vocab)
+        elif embeddings_path:
             warm_start(model, embeddings_path, train)
         return model.fit(train, validator(model) if validator else None)
 
@@ -148,7 +158,6 @@ def evaluate_trained_model(model_path: str, split_dir: str, cfg: EvaluationConfi
     and name it in the result (``index``); ``evaluation.index: ann`` ranks through it.
     """
     from seqrec.evaluation.metrics import evaluate_model
-    from seqrec.serving.recommend import load_model
     from seqrec.sequences import reencode_sessions
 
     model = load_model(model_path)

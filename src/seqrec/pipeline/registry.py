@@ -84,14 +84,18 @@ def model_files(model_path: str) -> list[str]:
 
 
 def register_best(registry: str, results: list[dict[str, Any]], metric: str, config: dict[str, Any], data_fingerprint: str,
-                  current: dict[str, Any] | None, baseline: dict[str, Any] | None) -> dict[str, Any]:
-    """Register the candidate with the best validation ``metric``, recording what it was compared with; return its name."""
+                  current: dict[str, Any] | None, baseline: dict[str, Any] | None, trained: list[dict[str, Any]] | None = None,
+                  days: list[int] | None = None) -> dict[str, Any]:
+    """Register the candidate with the best validation ``metric``, recording what it was compared with and how it was
+    trained (``trained``: ``train_model``'s results; ``days``: the days of its data); return its name."""
     chosen = R.select_best(results, metric)
     best = results[chosen]
+    init = next((t.get("init") for t in trained or [] if Path(t["path"]) == Path(best["model_path"])), None)
+    training = None if init is None else {**init, "days": [min(days), max(days)] if days else None}
     compared = None if current is None else {"version": current["version"], "metrics": baseline["metrics"],
                                              "valid_fingerprint": baseline["data_fingerprint"], "ranks": baseline.get("ranks")}
     version = R.register_version(registry, model_files(best["model_path"]), best["model"], config, data_fingerprint,
-                                 best["metrics"], best["data_fingerprint"], compared, best.get("ranks"))
+                                 best["metrics"], best["data_fingerprint"], compared, best.get("ranks"), training)
     return {"version": version.name, "chosen": chosen, "model": best["model"]}
 
 
@@ -116,3 +120,19 @@ def announce_promotion(registry: str, version: str, emit: Callable[..., Any]) ->
                        "seqrec.registry": str(Path(registry).resolve())},
              payload={"model": meta["model"], "version": version, **decision})
     return bool(decision.get("promoted"))
+
+
+def warm_start_plan(registry: str, training) -> dict[str, Any] | None:
+    """Return what tonight's retrain starts from: the registry's current version when ``training.init_from`` is
+    ``registry`` and it is a neural model, unless ``training.full_retrain_every`` nights have passed since the last
+    training from scratch; None means from scratch."""
+    from seqrec.config import NEURAL_MODELS
+
+    current = R.current_version(registry) if training.init_from == "registry" else None
+    if current is None or current.meta["model"] not in NEURAL_MODELS:
+        return None
+    nights = int((current.meta.get("training") or {}).get("nights_since_full", 0)) + 1
+    if training.full_retrain_every and nights >= training.full_retrain_every:
+        return None
+    return {"model": current.meta["model"], "path": str(current.model_path), "version": current.name,
+            "nights_since_full": nights}

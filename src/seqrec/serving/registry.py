@@ -129,12 +129,14 @@ def set_current(registry: Path | str, name: str) -> ModelVersion:
 
 def register_version(registry: Path | str, files: list[Path | str], model: str, config: dict[str, Any],
                      data_fingerprint: str, metrics: dict[str, float], valid_fingerprint: str,
-                     compared_with: dict[str, Any] | None = None, ranks: str | None = None) -> ModelVersion:
+                     compared_with: dict[str, Any] | None = None, ranks: str | None = None,
+                     training: dict[str, Any] | None = None) -> ModelVersion:
     """Copy model files and write meta.json into the next version directory; return the version.
 
     ``compared_with`` is ``{"version", "metrics", "valid_fingerprint", "ranks"}`` of the current version
     evaluated on the candidate's validation data (None when there is no current version); ``ranks`` is the
-    file of the candidate's per-target validation ranks (both for the paired test of ``promote_if_better``).
+    file of the candidate's per-target validation ranks (both for the paired test of ``promote_if_better``);
+    ``training`` how it was trained (fine-tuned from which version or from scratch, on which days).
     """
     base = Path(registry)
     base.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,8 @@ def register_version(registry: Path | str, files: list[Path | str], model: str, 
             shutil.copy2(f, staging / f.name)
         meta = {"model": model, "files": [Path(f).name for f in files], "config": config,
                 "data_fingerprint": data_fingerprint, "valid_fingerprint": valid_fingerprint,
-                "metrics": metrics, "compared_with": compared_with, "ranks": ranks, "created": now_utc()}
+                "metrics": metrics, "compared_with": compared_with, "ranks": ranks, "training": training,
+                "created": now_utc()}
         with registry_lock(base):
             name = version_name(max((int(v.name[1:]) for v in list_versions(base)), default=0) + 1)
             io.write_json({**meta, "version": name}, staging / META)
