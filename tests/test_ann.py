@@ -233,3 +233,23 @@ def test_a_registered_version_carries_its_index_and_serving_it_loads_that_one(tr
     assert sorted(version.meta["files"]) == ["gru4rec.pt", "gru4rec.pt.ann", "gru4rec.pt.ann.json"]
     served = ModelSource(tmp_path / "reg", serving).served
     assert served.version == name and served.index.meta["build_seconds"] == built.meta["build_seconds"]  # not rebuilt
+
+
+def test_a_corrupt_stored_index_is_rebuilt_and_a_markov_model_has_no_index(trained, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from seqrec.models.baselines import Markov
+
+    model, path = trained
+    serving = ServingConfig(index="ann", ann_kind="hnsw")
+    built = index_for(model, path, serving)
+    index_path(path).write_bytes(b"not an index")
+    again = index_for(model, path, serving)  # unreadable: built again, not a crash
+    assert again.meta["fingerprint"] == built.meta["fingerprint"] and len(again.search(torch.randn(2, 16), 5)[1]) == 2
+    markov = Markov().fit(SessionDataset(model.vocab, np.array([0, 3]), np.array([1, 2, 3]), np.arange(3), np.array([0])))
+    mpath = save_model(markov, tmp_path / "markov.pt")
+    assert index_for(markov, mpath, serving) is None  # count models are always exact
+    proc = subprocess.run([sys.executable, "-m", "seqrec.cli", "index", str(mpath), "--json"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "no dot-product output layer" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

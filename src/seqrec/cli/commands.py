@@ -193,12 +193,12 @@ def cmd_recommend(args: argparse.Namespace) -> dict:
 def cmd_index(args: argparse.Namespace) -> dict:
     """Build (or load) a dot-product model's approximate index beside its file; report its recall, time and memory."""
     from seqrec.serving.indexes import index_for, index_path
-    from seqrec.serving.recommend import encode_sessions, load_model, model_vocab, read_sessions_file
+    from seqrec.serving.recommend import ModelFileError, encode_sessions, load_model, model_vocab, read_sessions_file
 
     cfg = config_from(args, {"serving": {"index": "ann"}})
     model = load_model(args.model)
     if model.output_layer() is None:
-        raise ConfigError(f"{args.model}: a {model.name} model has no dot-product output layer; it is always ranked exactly")
+        raise ModelFileError(f"{args.model}: a {model.name} model has no dot-product output layer; it is always ranked exactly")
     sample, name = None, ""
     if args.sessions is not None:
         enc = encode_sessions(read_sessions_file(args.sessions), model_vocab(model))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from dataclasses import replace
@@ -32,6 +33,8 @@ import torch
 from seqrec.models.repeat import RepeatTerm
 from seqrec.sequences import PAD
 from seqrec.serving.ann_backends import BACKENDS
+
+log = logging.getLogger(__name__)
 
 FORMAT = 3
 DEFAULTS = {"hnsw": {"connectivity": 16, "expansion_add": 64, "expansion_search": 64},
@@ -181,7 +184,11 @@ class AnnIndex:
             return None
         if meta.get("fingerprint") != layer_fingerprint(weight, bias):
             return None
-        backend = BACKENDS[meta["kind"]].load(path, meta)
+        try:
+            backend = BACKENDS[meta["kind"]].load(path, meta)
+        except (OSError, RuntimeError, ValueError) as err:  # unreadable or corrupt: the caller builds it again
+            log.warning("approximate index %s could not be read (%s); it will be rebuilt", path, err)
+            return None
         if backend.size() != (meta["items"], meta["dim"]):
             return None
         return cls(backend, weight, bias, meta)

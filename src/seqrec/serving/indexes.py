@@ -108,7 +108,10 @@ def index_for(model: Recommender, model_path: Path | str | None, serving: Servin
              "" if path is None else f" into {path}")
     ann = build_index(model, serving, sample, sample_name)
     if path is not None:
-        ann.save(path)
+        try:
+            ann.save(path)
+        except OSError as err:  # a read-only model folder: serve from memory, build again next time
+            log.warning("could not store the approximate index beside %s (%s); it is used from memory", model_path, err)
     return ann
 
 
