@@ -13,7 +13,6 @@ from prefect import flow, get_run_logger
 from seqrec.config import SeqrecConfig
 from seqrec.models.factory import model_section
 from seqrec.pipeline.models import embeddings_for
-from seqrec.pipeline.data import fingerprint_raw_events
 from seqrec.pipeline.features import fingerprint_sessions
 from seqrec.pipeline.quality import fingerprint_raw_tables
 from seqrec.pipeline.runlock import run_lock
@@ -31,10 +30,13 @@ def stage_dir(cfg: SeqrecConfig, name: str) -> str:
 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
-    """Resolve (or generate) the raw data and load its event partitions into per-day files."""
+    """Resolve (or generate) the raw data and load its event partitions into per-day files (the window's days)."""
     source = bind(D.resolve_data_root, config)(config)
-    raw_fp = fingerprint_raw_events(source["root"], config.data)
-    ingest = bind(D.ingest_events, config)(source["root"], raw_fp, config.data, stage_dir(config, "ingest"), code_version())
+    out, code = stage_dir(config, "ingest"), code_version()
+    plan = D.plan_days(source["root"], config.data)
+    futures = [bind(D.ingest_day, config).submit(source["root"], d["day"], d["fingerprint"], config.data, out, code)
+               for d in plan["days"]]  # one task per day, cached on that day's files: a new day reads that day only
+    ingest = D.settle_days([f.result() for f in futures], plan, config.data, out)
     return {"root": source["root"], **ingest}
 
 

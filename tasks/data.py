@@ -1,4 +1,4 @@
-"""Data tasks: resolve (or generate) the raw root, and ingest event partitions with Dask."""
+"""Data tasks: resolve (or generate) the raw root, ingest event partitions day by day (Dask), announce new days."""
 
 from __future__ import annotations
 
@@ -17,15 +17,27 @@ def resolve_data_root(cfg: SeqrecConfig) -> dict:
     return stages.resolve_data_root(cfg)
 
 
-@task(name="ingest_events", **CACHE, **IO_RETRIES, timeout_seconds=LONG_TIMEOUT_S)
-def ingest_events(root: str, raw_fingerprint: str, data: DataConfig, out_dir: str, code: str) -> dict:
-    """Return per-day canonical event files loaded from the raw partitions."""
-    result = stages.ingest_events(root, data, out_dir)
-    create_table_artifact(stages.partition_rows(result), key="ingest-partitions", description=stages.ingest_note(result))
-    return result
-
-
 @task(name="announce_new_days", **IO_RETRIES)
 def announce_new_days(ingested: dict, state_dir: str) -> list:
     """Return the days not announced before; emit seqrec.partition.arrived for each (the nightly deployment's trigger)."""
     return stages.announce_new_days(ingested["root"], ingested["days"], state_dir, emit_event)
+
+
+@task(name="plan_days", **IO_RETRIES)
+def plan_days(root: str, data: DataConfig) -> dict:
+    """Return the window's days with the fingerprint of each day's raw files (what the per-day ingest is cached on)."""
+    return stages.plan_days(root, data)
+
+
+@task(name="ingest_day", **CACHE, **IO_RETRIES, task_run_name="ingest_day-{day}")
+def ingest_day(root: str, day: int, fingerprint: str, data: DataConfig, out_dir: str, code: str) -> dict:
+    """Return one day's canonical rows (its file) and the rows it holds for other days (cached on its files)."""
+    return stages.ingest_one_day(root, day, data, out_dir)
+
+
+@task(name="settle_days")
+def settle_days(ingested: list, plan: dict, data: DataConfig, out_dir: str) -> dict:
+    """Return the ingest result: bad partitions judged over all days, rows dated elsewhere merged into their day."""
+    result = stages.settle_days(ingested, plan, data, out_dir)
+    create_table_artifact(stages.partition_rows(result), key="ingest-partitions", description=stages.ingest_note(result))
+    return result

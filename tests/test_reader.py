@@ -290,3 +290,39 @@ def test_ingest_keeps_rows_of_days_without_a_file(tecd_root: Path, tmp_path: Pat
     assert outside[C.USER].tolist() == [8]
     whole = load_events(tecd_root, DataConfig())
     assert len(whole.events) == out["rows"]
+
+
+def ingest_day_by_day(root: Path, data: DataConfig, out: Path) -> dict:
+    """Run the flows' per-day ingest (plan, one step per day, settle) as plain functions."""
+    from seqrec.data.ingest_days import ingest_one_day, plan_days, settle_days
+
+    plan = plan_days(str(root), data)
+    return settle_days([ingest_one_day(str(root), d["day"], data, str(out)) for d in plan["days"]], plan, data, str(out))
+
+
+def test_per_day_ingest_moves_off_day_rows_like_the_one_step_ingest(tecd_root: Path, tmp_path: Path) -> None:
+    stray = DAY2 + [(-3600.0, 5, "nfmcg_7", "u2i", "view", "ios"), (2 * 86400 + 1.0, 6, "nfmcg_8", "u2i", "view", "ios"),
+                    (86400 + 10.0, 8, "nfmcg_5", "u2i", "view", "ios")]  # into day 100, into day 103, onto day 102 (no file)
+    write_day(tecd_root, "marketplace/events", 101, event_table(101, stray))
+    out = ingest_day_by_day(tecd_root, DataConfig(), tmp_path / "days")
+    by_day = {d["day"]: pd.read_parquet(d["path"]) for d in out["days"]}
+    assert sorted(by_day) == [100, 101, 103] and [d["rows"] for d in out["days"]] == [4, 2, 2]
+    assert by_day[100][C.USER].tolist() == [7, 2, 9, 5]
+    assert by_day[103][C.ITEM].tolist() == ["nfmcg_8", "nfmcg_9"]
+    assert out["rows"] == 9 and out["rows_outside_days"] == 1
+    assert pd.read_parquet(tmp_path / "days" / "events_outside_days.parquet")[C.USER].tolist() == [8]
+    unchanged = ingest_day_by_day(tecd_root, DataConfig(), tmp_path / "days")  # settling again adds nothing twice
+    assert [d["rows"] for d in unchanged["days"]] == [4, 2, 2]
+    assert [d["fingerprint"] for d in unchanged["days"]] == [d["fingerprint"] for d in out["days"]]
+    day100 = next(d for d in out["days"] if d["day"] == 100)
+    day103 = next(d for d in out["days"] if d["day"] == 103)
+    assert Path(day100["path"]).parent.name == "events" and Path(day103["path"]).parent.name == "events"  # merged copies
+
+
+def test_per_day_ingest_names_every_bad_file_at_once(tecd_root: Path, tmp_path: Path) -> None:
+    from seqrec.data.reader import PartitionError
+
+    for day in (100, 101):
+        (tecd_root / "marketplace" / "events" / f"{day:05d}.pq").write_bytes(b"not parquet")
+    with pytest.raises(PartitionError, match=r"2 bad partition\(s\).*00100.*00101"):
+        ingest_day_by_day(tecd_root, DataConfig(), tmp_path / "days")

@@ -95,6 +95,7 @@ class DataConfig(Section):
     domains: tuple[Literal["marketplace", "retail", "offers"], ...] = ("marketplace",)
     first_day: int | None = None
     last_day: int | None = None
+    window_days: int | None = Field(None, gt=0)  # flows: only the last N days that have files (None: every day)
     on_bad_partition: Literal["fail", "skip"] = "fail"  # skip = quarantine and report
     embeddings: Literal["exclude", "repair"] = "exclude"
     embedding_dim: int | None = Field(None, gt=0)  # repair: pad/truncate to this; None = modal length

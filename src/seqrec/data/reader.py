@@ -193,9 +193,25 @@ def relative_name(path: Path, root: Path) -> str:
 EventRead = tuple[Partition, str, str]  # (partition, name relative to the root, domain)
 
 
+def window_range(root: Path, data: DataConfig) -> tuple[int | None, int | None]:
+    """Return (first_day, last_day) of ``data`` narrowed to the last ``data.window_days`` days that have files."""
+    if data.window_days is None:
+        return data.first_day, data.last_day
+    days = [p.day for d in data.domains for p in list_partitions(root, f"{d}/events", data.first_day, data.last_day)]
+    if not days:
+        return data.first_day, data.last_day
+    last = max(days)
+    return max(last - data.window_days + 1, data.first_day if data.first_day is not None else 0), last
+
+
 def plan_event_reads(root: Path, cfg: DataConfig) -> tuple[list[EventRead], dict[str, list[int]], list[Path]]:
-    """Return (the event partitions of ``cfg.domains`` to read, missing days per table, their files)."""
+    """Return (the event partitions of ``cfg.domains`` to read, missing days per table, their files).
+
+    The day range is ``cfg.first_day``..``cfg.last_day``, narrowed to the last ``cfg.window_days`` days that have files.
+    """
     root = Path(root)
+    first, last = window_range(root, cfg)
+    cfg = cfg.model_copy(update={"first_day": first, "last_day": last})
     reads, missing = [], {}
     for domain in cfg.domains:
         table = f"{domain}/events"

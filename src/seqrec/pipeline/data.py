@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from seqrec import io
-from seqrec.config import ConfigError, DataConfig, GeneratorConfig, SeqrecConfig, config_to_dict
+from seqrec.config import ConfigError, GeneratorConfig, SeqrecConfig, config_to_dict
 from seqrec.data.ingest import ingest_events
-from seqrec.data.reader import list_partitions
+from seqrec.data.ingest_days import ingest_one_day, plan_days, settle_days
 from seqrec.synthetic.generate import generate_tecd
 
 Progress = Callable[[str, int, int], None]
 
-__all__ = ["resolve_data_root", "generate_data", "ingest_events", "fingerprint_raw_events", "partition_rows", "ingest_note"]
+__all__ = ["resolve_data_root", "generate_data", "ingest_events", "plan_days", "ingest_one_day", "settle_days", "partition_rows", "ingest_note"]
 
 
 def resolve_data_root(cfg: SeqrecConfig, progress: Progress | None = None) -> dict[str, Any]:
@@ -36,12 +36,6 @@ def generate_data(root: Path, gen: GeneratorConfig, progress: Progress | None = 
     summary = generate_tecd(Path(root), gen, progress)
     io.write_json(wanted, stamp)
     return {"reused": False, "summary": summary}
-
-
-def fingerprint_raw_events(root: str, data: DataConfig) -> str:
-    """Return a fingerprint of the raw event files that ``data`` selects (names, sizes, mtimes)."""
-    files = [p.path for d in data.domains for p in list_partitions(Path(root), f"{d}/events", data.first_day, data.last_day)]
-    return io.fingerprint_obj([io.fingerprint_files(files), config_to_dict(data)])
 
 
 def partition_rows(ingested: dict[str, Any]) -> list[dict[str, Any]]:
