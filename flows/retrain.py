@@ -56,6 +56,10 @@ def retrain_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
         quality_flow(ingested=ingested, config=config)
         cleaned = clean_flow(ingested=ingested, config=config)
         features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
+        done = R.already_trained(registry_dir(config), features["fingerprint"], config)
+        if done is not None:  # an unchanged warehouse: nothing to retrain, no new version
+            get_run_logger().info("%s was trained on these data with this config: nothing to retrain", done["version"])
+            return {**done, "registry": registry_dir(config), "promoted": False, "skipped": "no new data"}
         warm = R.warm_start_plan(registry_dir(config), config.training)
         trained = train_flow(features=features, config=config, warm=warm)
         decision = promote_flow(trained=trained, data_fingerprint=features["fingerprint"], config=config,

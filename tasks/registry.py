@@ -59,3 +59,9 @@ def publish_model_comparison(results: list[dict], baseline: dict | None, current
 def announce_promotion(registry: str, version: str) -> bool:
     """Emit seqrec.model.promoted with the decision when ``version`` became current; return whether it did."""
     return P.announce_promotion(registry, version, emit_event)
+
+
+@task(name="already_trained", **IO_RETRIES)
+def already_trained(registry: str, data_fingerprint: str, config: SeqrecConfig) -> dict | None:
+    """Return the newest version when it was trained on these data with this config (then nothing retrains)."""
+    return P.already_trained(registry, data_fingerprint, config_to_dict(config))

@@ -165,3 +165,49 @@ def test_per_day_ingest_equals_the_one_step_ingest_and_keeps_to_its_window(full_
         pd.testing.assert_frame_equal(left.sort_values(key, ignore_index=True), right.sort_values(key, ignore_index=True))
     windowed = plan_days(str(full_root), data.model_copy(update={"window_days": 2}))
     assert [d["day"] for d in windowed["days"]] == [FIRST_DAY + 2, FIRST_DAY + 3] and windowed["window"] == [FIRST_DAY + 2, FIRST_DAY + 3]
+
+
+def flow_runs_since(start) -> list:
+    """Return the ids of every flow run (sub-flows included) that started after ``start``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=start)), limit=200)
+    return [r.id for r in runs]
+
+
+def test_three_nights(prefect_harness, full_root, tmp_path):
+    """Night 1 trains from scratch; night 2 (one new day) reruns that day's tasks only and fine-tunes version 1, the
+    promotion decided by the paired test; night 3 (nothing new) retrains nothing and registers nothing."""
+    from datetime import datetime, timezone
+
+    from flows.retrain import retrain_flow
+    from seqrec.serving import registry as R
+
+    root = tmp_path / "raw"
+    old_days, new_day = [FIRST_DAY, FIRST_DAY + 1, FIRST_DAY + 2], FIRST_DAY + 3
+    copy_days(full_root, root, old_days)
+    cfg = build_config({"data": {"root": str(root)}, "output": {"root": str(tmp_path / "out")}, "features": {"build_graph": False},
+                        "models": {"names": ["gru4rec"], "gru4rec": {"hidden": 16, "epochs": 1, "n_sample": 32}},
+                        "training": {"progress": False, "patience": 0, "init_from": "registry"}})
+    reg = tmp_path / "out" / "registry"
+    assert retrain_flow(config=cfg)["version"] == "v0001"
+
+    copy_days(full_root, root, old_days + [new_day])
+    start = datetime.now(timezone.utc)
+    second = retrain_flow(config=cfg)
+    states = task_states(flow_runs_since(start))
+    assert {states[t.format(d=new_day)] for t in PER_DAY} == {"Completed"}
+    assert {states[t.format(d=d)] for t in PER_DAY for d in old_days} == {"Cached"}
+    version = R.read_version(reg, second["version"])
+    assert version.name == "v0002" and version.meta["training"]["mode"] == "finetune" and version.meta["training"]["from"] == "v0001"
+    decision = version.meta["promotion"]
+    assert decision["current"] == "v0001" and 0 < decision["p_value"] <= 1 and "reason" in decision
+
+    start = datetime.now(timezone.utc)
+    third = retrain_flow(config=cfg)
+    assert third["skipped"] == "no new data" and third["version"] == "v0002" and not third["promoted"]
+    assert [v.name for v in R.list_versions(reg)] == ["v0001", "v0002"]
+    names = task_states(flow_runs_since(start))
+    assert not [n for n in names if n.startswith(("train_model", "evaluate_version", "register"))]  # nothing retrained

@@ -136,3 +136,13 @@ def warm_start_plan(registry: str, training) -> dict[str, Any] | None:
         return None
     return {"model": current.meta["model"], "path": str(current.model_path), "version": current.name,
             "nights_since_full": nights}
+
+
+def already_trained(registry: str, data_fingerprint: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    """Return the newest version (name, model) when it was trained on these data with this config, else None:
+    an unchanged warehouse retrains nothing and registers no new version."""
+    versions = R.list_versions(registry)
+    newest = versions[-1] if versions else None
+    if newest is None or newest.meta.get("data_fingerprint") != data_fingerprint or newest.meta.get("config") != config:
+        return None
+    return {"version": newest.name, "model": newest.meta["model"]}
