@@ -219,7 +219,7 @@ def paired_decision(cand: ModelVersion, seen: dict[str, Any], metric: str, min_g
         if not path or not Path(path).is_file():
             raise RegistryError(f"{cand.path / META}: the {who}'s per-target validation ranks ({path!r}) are missing; "
                                 "the paired test needs both")
-    mine, theirs = (per_target_values(np.load(files[w]), metric) for w in ("candidate", "current"))
+    mine, theirs = (per_target_values(np.load(files[w], allow_pickle=False), metric) for w in ("candidate", "current"))
     if mine.shape != theirs.shape:
         raise RegistryError(f"{cand.path / META}: candidate ranked {len(mine)} validation targets, current {len(theirs)}")
     test = paired_test(mine, theirs)
