@@ -85,13 +85,56 @@ class ItemEncoder(nn.Module):
         return self.head(self.embedding(items))  # (B, dim) -> (B, hidden) -> (B, dim)
 
 
-def mask_duplicates(logits: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
-    """Return logits (B, B) with -inf where ids[i] == ids[j], i != j: the same item is no negative."""
-    if ids is None or torch.unique(ids).numel() == len(ids):
-        return logits
-    same = ids[:, None] == ids[None, :]  # (B, B), symmetric
+def same_item_pairs(ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (rows, cols) of every ordered pair i != j with ids[i] == ids[j] (empty without ids or duplicates)."""
+    none = torch.zeros(0, dtype=torch.int64, device=None if ids is None else ids.device)
+    if ids is None:
+        return none, none
+    _, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    repeated = torch.nonzero(counts[inverse] > 1).flatten()  # (P,) positions of items seen twice or more
+    if not len(repeated):
+        return none, none
+    same = ids[repeated][:, None] == ids[repeated][None, :]  # (P, P)
     same.fill_diagonal_(False)
-    return logits.masked_fill(same, float("-inf"))
+    i, j = torch.nonzero(same, as_tuple=True)
+    return repeated[i], repeated[j]
+
+
+class SymmetricInfoNCE(torch.autograd.Function):
+    """The symmetric InfoNCE loss of unit rows a, b (B, D) in one (B, B) buffer, with its gradient.
+
+    logits = a b^T / t lie in [-1/t, 1/t], so exp(logits - 1/t) cannot overflow: one exponentiated matrix serves
+    both directions. Row i (a_i against every b_j) leaves out the pairs where b_j is b_i's item; column j (b_j
+    against every a_i) those where a_i is a_j's item; both are subtracted from the sums, never masked in a copy.
+    The gradient (softmax over rows + softmax over columns - 2 I) / 2B is written into the same buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, temperature: float, row_pairs, col_pairs):
+        shift = 1.0 / temperature
+        diag = (a * b).sum(1) * shift  # (B,) positives' logits
+        e = torch.addmm(a.new_full((1, 1), -shift).expand(len(a), len(b)), a, b.T, alpha=shift).exp_()  # exp(logits - 1/t)
+        (ri, rj), (ci, cj) = row_pairs, col_pairs
+        row_left, col_left = e[ri, rj], e[ci, cj]  # the masked entries' values
+        row = e.sum(1).index_add_(0, ri, -row_left)  # (B,) sum over the row's candidates
+        col = e.sum(0).index_add_(0, cj, -col_left)  # (B,) sum over the column's candidates
+        loss = ((row.log() + shift - diag) + (col.log() + shift - diag)).mean() / 2
+        ctx.save_for_backward(a, b, e, row, col, ri, rj, ci, cj, row_left, col_left)
+        ctx.temperature = temperature
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, b, e, row, col, ri, rj, ci, cj, row_left, col_left = ctx.saved_tensors
+        n, t = len(a), ctx.temperature
+        g = e * row.reciprocal()[:, None]  # (B, B) softmax over each row ...
+        g.addcmul_(e, col.reciprocal()[None, :])  # ... plus softmax over each column
+        del e
+        g.index_put_((ri, rj), -row_left / row[ri], accumulate=True)  # masked entries: out of the row's softmax
+        g.index_put_((ci, cj), -col_left / col[cj], accumulate=True)
+        g.diagonal().sub_(2.0)
+        g.mul_(grad_out / (2 * n * t))  # d loss / d (a b^T)
+        return torch.mm(g, b), torch.mm(g.T, a), None, None, None
 
 
 def info_nce_loss(
@@ -100,17 +143,12 @@ def info_nce_loss(
 ) -> torch.Tensor:
     """Return the symmetric InfoNCE loss of rows a[i] <-> b[i] against in-batch negatives.
 
-    With ids, off-diagonal entries holding the same item as the positive are masked out.
+    With ids, off-diagonal entries holding the same item as the positive are left out of both softmaxes.
     """
     dtype = torch.promote_types(a.dtype, torch.float32)  # half precision (AMP) is upcast for the softmax
     a = F.normalize(a.to(dtype), dim=-1)  # (B, D)
     b = F.normalize(b.to(dtype), dim=-1)  # (B, D)
-    logits = a @ b.T / temperature  # (B, B): logits[i, j] = cos(a_i, b_j) / t
-    target = torch.arange(len(a), device=a.device)  # (B,) the positive is on the diagonal
-    # cross_entropy's fused log-softmax backward is cheaper on CPU than logsumexp's (BENCHMARKS.md)
-    a_to_b = F.cross_entropy(mask_duplicates(logits, b_ids), target)  # a_i against every b_j
-    b_to_a = F.cross_entropy(mask_duplicates(logits, a_ids).T, target)  # b_j against every a_i (masks are symmetric)
-    return (a_to_b + b_to_a) / 2
+    return SymmetricInfoNCE.apply(a, b, temperature, same_item_pairs(b_ids), same_item_pairs(a_ids))
 
 
 def resolve_device(device: str) -> torch.device:
