@@ -44,7 +44,8 @@ def headline_k(protocol: dict[str, Any]) -> int:
 def analysis_sections(results: list[dict[str, Any]], k: int, paired: list[dict[str, Any]]) -> list[tuple[str, list, str]]:
     """Return (title, rows, note) of every analysis section, in report order."""
     names = sorted({n for r in results for n in r.get("breakdowns", {})})
-    index = [("Serving index", S.index_rows(results), S.INDEX_NOTE)] if S.index_rows(results) else []
+    served = S.index_rows(results)
+    index = [("Serving index", served, S.INDEX_NOTE)] if served else []
     return [
         (f"Recall@{k} and MRR@{k} with 95% bootstrap intervals", S.headline_rows(results, k), "intervals resample targets"),
         ("Against the best baseline", paired, S.PAIRED_NOTE),

@@ -182,15 +182,15 @@ def ranked_through(model, model_path: str, train, cfg: EvaluationConfig, serving
 
     The index's recall is measured on up to ``serving.recall_sessions`` training sessions (never the evaluated part).
     """
-    from seqrec.serving.indexes import IndexedRecommender, index_for
+    from seqrec.serving.indexes import IndexedRecommender, index_for, uses_ann
 
     serving = serving or ServingConfig(index="exact")
     if cfg.index == "ann":
         serving = serving.model_copy(update={"index": "ann"})
+    if not uses_ann(model, serving):
+        return model, {"index": "exact"}
     rows = np.random.default_rng(cfg.seed).permutation(np.flatnonzero(train.lengths > 0))[: serving.recall_sessions]
     ann = index_for(model, model_path, serving, sample=train.padded(np.sort(rows)), sample_name="training sessions")
-    if ann is None:
-        return model, {"index": "exact"}
     through = cfg.index == "ann"
     return (IndexedRecommender(model, ann, max(cfg.cutoffs)) if through else model), {**ann.describe(), "ranked_through": through}
 

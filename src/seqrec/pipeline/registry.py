@@ -57,7 +57,8 @@ def evaluate_version(model_path: str, split_dir: str, cfg, part: str = "valid", 
     if np.array_equal(np.asarray(model.vocab.ids, dtype=str), np.asarray(train.vocab.ids, dtype=str)):
         out = evaluate_trained_model(model_path, split_dir, cfg, part=part, keep_ranks=ranks_path is not None,
                                      ranks_path=ranks_path)
-        return {**out, **stamp, "aligned": None, "ranks": out.pop("target_ranks", None)}
+        ranks = out.pop("target_ranks", None)
+        return {**out, **stamp, "aligned": None, "ranks": ranks}
     aligned = VocabAligned(model, train.vocab)
     data, reenc = reencode_sessions(io.load_sessions(data_path), train.vocab)
     evaluated = evaluate_model(aligned, data, cfg, train_support=train.item_support())
