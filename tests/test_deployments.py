@@ -145,6 +145,7 @@ def test_deployment_definitions_agree():
     assert served["nightly"].schedules[0].schedule.cron == spec["nightly"]["schedules"][0]["cron"]
     assert served["new-partitions"].parameters == spec["new-partitions"]["parameters"]
     assert served["nightly"].triggers[0].expect == set(spec["nightly"]["triggers"][0]["expect"])
+    assert served["tune"].parameters == spec["tune"]["parameters"] and spec["tune"]["entrypoint"] == "flows/tune.py:tune_flow"
 
 
 @pytest.mark.parametrize("first, last, ok", [(1082, 1083, True), (1083, 1083, True), (1084, 1083, False)])

@@ -167,6 +167,27 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     return stage.evaluate_trained_model(str(model), str(split_dir), cfg.evaluation, part=args.part, serving=cfg.serving)
 
 
+def cmd_tune(args: argparse.Namespace) -> dict:
+    """Search one model's settings as the tune flow: on a given split, or on --train/--test files split here."""
+    from seqrec.pipeline import models as stage
+
+    tuning = {"tuning": {key: value for key, value in (("trials", args.trials), ("timeout_minutes", args.timeout_minutes),
+                                                       ("parallel", args.parallel)) if value is not None}}
+    cfg = config_from(args, {**protocol_overrides(args), **tuning})
+    if (args.split is None) == (args.train is None):
+        raise ConfigError("seqrec tune needs either --split DIR or --train FILE (with --test FILE when already split)")
+    if args.split is not None:
+        if not (args.split / "valid.npz").is_file():
+            raise FileNotFoundError(f"{args.split}: not a split directory (no valid.npz); `seqrec train` writes one in <out>/split")
+        split_dir = str(args.split.resolve())
+    else:
+        split_dir = stage.save_split(build_split(args, cfg), str((cfg.output.run_dir / "tune" / args.model / "split").resolve()))["split_dir"]
+    result = load_flow("tune")(model=args.model, split_dir=split_dir, config=cfg)
+    keys = ("model", "study", "storage", "metric", "trials", "states", "counted", "budget", "best", "importances", "test",
+            "best_config", "markdown", "html", "json", "plot", "resumed")
+    return {key: result[key] for key in keys}
+
+
 def serving_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Return the serving options given on the command line as config overrides."""
     keys = {"index": "index", "host": "host", "port": "port"}

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from seqrec.cli.commands import (cmd_clean, cmd_dashboard, cmd_evaluate, cmd_features, cmd_generate, cmd_import,
-                                 cmd_index, cmd_load, cmd_recommend, cmd_run, cmd_serve, cmd_train, cmd_validate)
+                                 cmd_index, cmd_load, cmd_recommend, cmd_run, cmd_serve, cmd_train, cmd_tune,
+                                 cmd_validate)
 from seqrec.config import MODEL_NAMES
 
 
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqrec", description="Raw e-commerce event logs to trained next-item recommenders.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_run_commands, add_data_commands, add_model_commands, add_serving_commands):
+    for add in (add_run_commands, add_data_commands, add_model_commands, add_tune_command, add_serving_commands):
         add(sub)
     return parser
 
@@ -118,6 +119,34 @@ def add_model_commands(sub) -> None:
     p.add_argument("--protocol", choices=["session", "loo"])
     p.add_argument("--candidates", choices=["full", "sampled"], help="sampled = paper comparison only (labelled)")
     p.set_defaults(func=cmd_evaluate)
+
+
+TUNE_EPILOG = """The search space is tuning.space (in a --config YAML), or the model's default
+(seqrec/models/spaces/MODEL.yaml). Trials train on the train part and are scored on valid
+(training.valid_metric) after every epoch; the median pruner stops the ones behind. The best
+settings are retrained on train + valid and evaluated on test once. The study is a SQLite file in
+<run dir>/tune/MODEL/ (tuning.storage: any database URL): run the same command again to resume a
+killed search or to add trials (raise --trials). Report: tune.md / tune.html, best settings: best.yaml.
+
+""" + EPILOG
+
+
+def add_tune_command(sub) -> None:
+    """Add `tune`: a hyperparameter search for one model as a Prefect flow."""
+    p = sub.add_parser("tune", help="search a model's settings (Optuna; chosen on valid, tested once); resumable",
+                       epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p)
+    p.add_argument("model", choices=[m for m in MODEL_NAMES if m not in ("popularity", "spop", "markov")])
+    p.add_argument("--split", type=Path, help="a split directory (`seqrec train`'s <out>/split, a run's split/)")
+    p.add_argument("--train", type=Path, help="training events (or all events, split by --protocol); instead of --split")
+    p.add_argument("--test", type=Path, help="test events when already split (GRU4Rec train/test TSVs)")
+    p.add_argument("--format", choices=["auto", "gru4rec", "user-item", "parquet"], default="auto")
+    add_time_unit(p)
+    p.add_argument("--protocol", choices=["session", "loo"], help="session = GRU4Rec, loo = SASRec leave-one-out")
+    p.add_argument("--trials", type=int, help="trial budget (tuning.trials), stored trials of a resumed search included")
+    p.add_argument("--timeout-minutes", type=float, help="wall-clock budget: no new trial starts after it (tuning.timeout_minutes)")
+    p.add_argument("--parallel", type=int, help="trials at once, in Dask worker processes (tuning.parallel)")
+    p.set_defaults(func=cmd_tune)
 
 
 def add_serving_commands(sub) -> None:

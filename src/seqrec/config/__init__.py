@@ -20,14 +20,15 @@ from seqrec.config.data import (CleaningConfig, DataConfig, DefectRates, Generat
                                 SuiteParams)
 from seqrec.config.learning import (MODEL_NAMES, NEURAL_MODELS, BprMfConfig, EmbeddingConfig, EvaluationConfig,
                                     FeaturesConfig, GraphConfig, Gru4RecConfig, ItemKnnConfig, ModelName, ModelsConfig,
-                                    NeuralModelConfig, SasRecConfig, SessionConfig, SessionKnnConfig, TrainingConfig)
+                                    NeuralModelConfig, ParamSpec, SasRecConfig, SessionConfig, SessionKnnConfig,
+                                    TrainingConfig, TuningConfig)
 from seqrec.config.serving import RegistryConfig, ServingConfig
 
 __all__ = ["ConfigError", "Section", "SeqrecConfig", "OutputConfig", "CleaningConfig", "DataConfig", "DefectRates",
            "GeneratorConfig", "QualityConfig", "SuiteParams", "MODEL_NAMES", "NEURAL_MODELS", "BprMfConfig",
            "EmbeddingConfig", "EvaluationConfig", "FeaturesConfig", "GraphConfig", "Gru4RecConfig", "ItemKnnConfig",
            "ModelName", "ModelsConfig", "NeuralModelConfig", "SasRecConfig", "SessionConfig", "SessionKnnConfig",
-           "RegistryConfig", "ServingConfig", "TrainingConfig", "build_config", "load_config", "parse_overrides", "config_to_dict"]
+           "ParamSpec", "RegistryConfig", "ServingConfig", "TrainingConfig", "TuningConfig", "build_config", "load_config", "parse_overrides", "config_to_dict"]
 
 
 
@@ -56,6 +57,7 @@ class SeqrecConfig(Section):
     models: ModelsConfig = ModelsConfig()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    tuning: TuningConfig = TuningConfig()
     serving: ServingConfig = ServingConfig()
     registry: RegistryConfig = RegistryConfig()
     output: OutputConfig = OutputConfig()

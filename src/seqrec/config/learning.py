@@ -207,6 +207,59 @@ class TrainingConfig(Section):
     full_retrain_every: int = Field(7, ge=0)  # nights: every Nth retrain starts from scratch (0: only the first)
 
 
+# --------------------------------------------------------------------------- tuning
+Choice = bool | int | float | str
+
+
+class ParamSpec(Section):
+    """One searched setting of ``models.<model>``: a float or int range (``log``: sampled on a log scale; ``step``:
+    a grid step) or a list of ``choices``. ``type`` defaults to ``choice`` with choices, else ``float``."""
+
+    type: Literal["float", "int", "choice"] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: tuple[Choice, ...] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ParamSpec":
+        kind = self.type or ("choice" if self.choices is not None else "float")
+        if kind == "choice":
+            if not self.choices or self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("a choice needs a non-empty 'choices' list and no low/high/log/step")
+        else:
+            if self.choices is not None or self.low is None or self.high is None:
+                raise ValueError(f"a {kind} range needs 'low' and 'high' (and no 'choices')")
+            if not self.low < self.high:
+                raise ValueError(f"low={self.low} must be below high={self.high}")
+            if self.log and (self.low <= 0 or self.step is not None):
+                raise ValueError(f"a log range needs low > 0 (got {self.low}) and no step")
+            if kind == "int" and (self.low != int(self.low) or self.high != int(self.high)
+                                  or (self.step is not None and self.step != int(self.step))):
+                raise ValueError(f"an int range needs whole low, high and step (got {self.low}, {self.high}, {self.step})")
+        object.__setattr__(self, "type", kind)
+        return self
+
+
+class TuningConfig(Section):
+    """Hyperparameter search (``seqrec tune``, the tune flow): Optuna over ``models.<model>``'s settings, each trial
+    trained on ``train`` and scored on ``valid`` by ``training.valid_metric``; test data only for the best, once."""
+
+    space: dict[str, ParamSpec] = {}  # empty: the model's default space (seqrec/models/spaces/<model>.yaml)
+    trials: int = Field(20, gt=0)  # the trial budget: finished and pruned trials, stored ones of a resumed study included
+    timeout_minutes: float = Field(0.0, ge=0)  # wall-clock budget of one call (no new trial starts after it); 0: none
+    parallel: int = Field(1, gt=0)  # trials at once: Dask worker processes (data.dask_address, or a local process cluster)
+    sampler: Literal["tpe", "random"] = "tpe"
+    startup_trials: int = Field(5, ge=0)  # random trials before TPE models the space; the median pruner waits for as many
+    pruner: Literal["median", "halving", "none"] = "median"  # halving: successive halving, rungs of epochs
+    warmup_epochs: int = Field(1, ge=0)  # median: epochs a trial always trains before it can be pruned
+    storage: str = ""  # database URL; "": sqlite:///<run dir>/tune/<model>/study.db (resumable)
+    study_name: str = ""  # "": the model's name
+    seed: int = 0  # the sampler's seed
+    retrain_best: bool = True  # retrain the best trial on train + valid and evaluate it on test (once)
+
+
 # --------------------------------------------------------------------------- evaluation
 class EvaluationConfig(Section):
     """The evaluation protocol: split, cut-offs, tie handling and candidate set, named in every report."""
