@@ -10,6 +10,7 @@ import torch
 
 from seqrec.config import SasRecConfig, TrainingConfig
 from seqrec.io import load_checkpoint, save_checkpoint
+from seqrec.models import kernels
 from seqrec.models.sasrec import (
     SASRec,
     SasRecNet,
@@ -99,6 +100,28 @@ def test_full_cross_entropy_matches_softmax_over_real_items():
     logits = [[1.0, 0.0, -1.0], [-1.5, -1.0, -1.0]]  # H @ W[1:].T, padding column left out
     expected = np.mean([math.log(sum(math.exp(v) for v in row)) - row[y - 1] for row, y in zip(logits, [1, 3])])
     assert float(full_cross_entropy(H, W, Y)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("chunk_elements", [4, 7, 1 << 22])  # one row per chunk, a ragged last chunk, one chunk
+def test_chunked_cross_entropy_equals_autograd_through_the_whole_matrix(monkeypatch, chunk_elements):
+    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", chunk_elements)
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(9, 5, generator=gen, requires_grad=True)
+    w = torch.randn(7, 5, generator=gen, requires_grad=True)  # row 0 = padding
+    y = torch.tensor([1, 2, 6, 6, 3, 1, 5, 4, 2])
+    loss = full_cross_entropy(h, w, y)  # the chunked path on CPU
+    (2.5 * loss).backward()
+    got = (float(loss), h.grad.clone(), w.grad.clone())
+    h.grad = w.grad = None
+    logits = h @ w.T
+    logits[:, 0] = float("-inf")
+    reference = torch.nn.functional.cross_entropy(logits, y)
+    (2.5 * reference).backward()
+    assert got[0] == pytest.approx(float(reference), rel=1e-6)
+    assert torch.allclose(got[1], h.grad, atol=1e-6) and torch.allclose(got[2], w.grad, atol=1e-6)
+    assert float(got[2][0].abs().max()) == 0.0  # the padding row gets no gradient
+    with torch.no_grad():  # scoring a loss without gradients takes the same path and gives the same value
+        assert float(full_cross_entropy(h, w, y)) == pytest.approx(float(reference), rel=1e-6)
 
 
 def test_sampled_softmax_applies_log_q_and_masks_accidental_hits():

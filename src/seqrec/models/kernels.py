@@ -1,10 +1,14 @@
-"""Speed machinery of GRU4Rec's training step: row-sparse gathers and a fused Adagrad-with-momentum update.
+"""Speed machinery of the training steps: row-sparse gathers, a fused Adagrad-with-momentum update, and
+a full-catalogue cross-entropy computed in row chunks.
 
-Neither changes the arithmetic of the paper's model; they make a step touch only the item rows it
-uses (the batch's inputs, targets and shared samples) instead of the whole catalogue.
+None changes the arithmetic of the models; the first two make a GRU4Rec step touch only the item rows
+it uses (the batch's inputs, targets and shared samples) instead of the whole catalogue, the third keeps
+SASRec's (N, V) logits from being allocated, soft-maxed and freed whole every step.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -115,3 +119,56 @@ def sparse_update(p: torch.Tensor, g: torch.Tensor, acc_vel: torch.Tensor, group
         step = vel.mul_(group["momentum"]).add_(step)
     acc_vel.index_copy_(0, rows, state)
     p.index_add_(0, rows, step, alpha=-1.0)
+
+
+# --------------------------------------------------------------------------- chunked full cross-entropy
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MiB of float32, reused from step to step; 0: the whole matrix (reference)
+_buffers = threading.local()  # one logits buffer per thread: models may train side by side in one process
+
+
+def chunk_buffer(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """Return a (rows, cols) float32 view of this thread's reusable buffer (grown when too small)."""
+    buf = getattr(_buffers, "logits", None)
+    if buf is None or buf.numel() < rows * cols or buf.device != like.device:
+        buf = _buffers.logits = torch.empty(rows * cols, dtype=torch.float32, device=like.device)
+    return buf[: rows * cols].view(rows, cols)
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross-entropy of hidden (N, D) against every row of weight (V, D) but ``skip``, in row chunks.
+
+    Each chunk's logits go into one reused buffer and turn into the chunk's softmax in place; when a
+    gradient is wanted, the forward pass also writes (softmax - one-hot) / N there and folds it into
+    the gradients of hidden and weight, so no (N, V) matrix is ever allocated and the backward pass
+    only scales them. Equal to ``F.cross_entropy(hidden @ weight.T with column skip at -inf, targets)``.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, skip: int):
+        n, v = len(hidden), len(weight)
+        want_grad = any(ctx.needs_input_grad[:2])
+        grad_h = torch.empty_like(hidden) if want_grad else None
+        grad_w = torch.zeros_like(weight) if want_grad else None
+        step = max(1, min(n, CHUNK_ELEMENTS // v))
+        total = hidden.new_zeros((), dtype=torch.float64)
+        for lo in range(0, n, step):
+            h, y = hidden[lo: lo + step], targets[lo: lo + step]
+            p = torch.mm(h, weight.T, out=chunk_buffer(len(h), v, hidden))  # (c, V) logits
+            p[:, skip] = float("-inf")
+            top = p.max(1).values  # (c,)
+            picked = p.gather(1, y[:, None])[:, 0]  # (c,) the targets' logits
+            mass = p.sub_(top[:, None]).exp_().sum(1)  # (c,), p now exp(logit - top)
+            total += (mass.log() + top - picked).sum(dtype=torch.float64)
+            if want_grad:
+                p.mul_((1.0 / n) / mass[:, None])  # softmax / N
+                p[torch.arange(len(y), device=y.device), y] -= 1.0 / n
+                torch.mm(p, weight, out=grad_h[lo: lo + step])
+                grad_w.addmm_(p.T, h)
+        if want_grad:
+            ctx.save_for_backward(grad_h, grad_w)
+        return (total / n).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None, None

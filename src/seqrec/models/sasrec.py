@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqrec.config import SasRecConfig
+from seqrec.models import kernels
 from seqrec.models.neural import NeuralRecommender, Validate
 from seqrec.models.repeat import RepeatHead, RepeatTerm, repeat_strength, with_first
 from seqrec.models.training import autocast_for, configure_threads
@@ -135,7 +136,11 @@ def full_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
     """Return the softmax cross-entropy over every real item (padding column excluded), mean or per row (``"none"``).
 
     ``boost`` = (rows (M,), items (M,), values (M,)): distinct (row, item) pairs whose logit gets + value.
+    The plain mean on CPU runs in row chunks (``ChunkedCrossEntropy``): same value and gradients, no (N, V) matrix.
     """
+    if (boost is None and reduction == "mean" and hidden.device.type == "cpu" and kernels.CHUNK_ELEMENTS
+            and hidden.dtype == weight.dtype == torch.float32):
+        return kernels.ChunkedCrossEntropy.apply(hidden, weight, targets, PAD)
     logits = (hidden @ weight.T).float()  # (N, V + 1)
     if boost is not None:
         rows, items, values = boost
