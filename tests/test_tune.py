@@ -4,6 +4,7 @@ search, the best settings retrained and tested once, and the whole `seqrec tune`
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -94,6 +95,26 @@ def test_a_space_key_or_value_the_model_does_not_have_is_a_config_error(tmp_path
 def test_every_default_space_is_valid_for_its_model(model, tmp_path):
     space = T.search_space(model, config(tmp_path))
     assert space and all(isinstance(s, ParamSpec) for s in space.values())
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("search/*.yaml")), ids=lambda p: p.name)
+def test_shipped_search_configs_declare_valid_spaces(path):
+    model = path.stem.split("-")[0]  # search/MODEL-*.yaml
+    space = T.search_space(model, load_config(path))
+    assert len(space) >= 5 and set(space) == set(yaml.safe_load(path.read_text())["tuning"]["space"])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("presets/*.yaml")), ids=lambda p: p.name)
+def test_presets_load_and_train_fixed_epochs(path):
+    cfg, raw = load_config(path), yaml.safe_load(path.read_text())
+    model = path.stem.split("-")[0]  # presets/MODEL-*.yaml
+    assert set(raw["models"]) == {model} and raw["models"][model]["epochs"] >= 1
+    assert cfg.training.patience == 0  # a preset carries its epochs: no validation data needed
+    section = getattr(cfg.models, model)
+    assert all(getattr(section, key) == value for key, value in raw["models"][model].items())
 
 
 def test_distributions_keep_types_scales_and_steps(tmp_path):
