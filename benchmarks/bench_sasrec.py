@@ -7,7 +7,8 @@
 ``speed``: sequences/s and targets/s of ``fit`` on synthetic sequences (small config), with the
 CPU time split into user and system (kernel) time, one JSON line; ``--compare-whole`` trains again
 with the full cross-entropy's whole (N, V) logits matrix through autograd (the path before the
-chunked loss) in the same process and reports the ratio and the largest per-epoch loss difference. ``video``: SASRec trained on the leave-one-out ``train`` part of
+chunked loss) in the same process and reports the ratio and the largest per-epoch loss difference.
+``video``: SASRec trained on the leave-one-out ``train`` part of
 ``shared/data/amazon_video_sasrec/Video.txt`` (early stopping on ``valid``), tested on the
 last item of every user: full-ranking HR@10/NDCG@10 (every catalogue item a candidate) and,
 separately and LABELLED as such, the paper's sampled protocol (target + 100 random unseen
