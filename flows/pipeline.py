@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.cluster import day_cluster, on_cluster
 from seqrec.config import SeqrecConfig
 from seqrec.models.factory import model_section
 from seqrec.pipeline.models import embeddings_for
@@ -119,13 +120,24 @@ def pipeline_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
         return pipeline_body(config)
 
 
+def data_flows(config: SeqrecConfig, through: str = "features") -> dict:
+    """Run ingest, quality, clean and features (stopping after ``through``: "quality" or "features"), the per-day
+    tasks on the Dask cluster the config names (``flows.cluster``); return each stage's result by name."""
+    with day_cluster(config) as address:
+        ingested = on_cluster(ingest_flow, address)(config=config)
+        quality = on_cluster(quality_flow, address)(ingested=ingested, config=config)
+        if through == "quality":
+            return {"ingested": ingested, "quality": quality}
+        cleaned = on_cluster(clean_flow, address)(ingested=ingested, config=config)
+        features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
+    return {"ingested": ingested, "quality": quality, "cleaned": cleaned, "features": features}
+
+
 def pipeline_body(config: SeqrecConfig) -> dict:
     """Return the pipeline's reports, metrics and run directory (``pipeline_flow`` under the run lock)."""
     log = get_run_logger()
-    ingested = ingest_flow(config=config)
-    quality = quality_flow(ingested=ingested, config=config)
-    cleaned = clean_flow(ingested=ingested, config=config)
-    features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
+    staged = data_flows(config)
+    quality, cleaned, features = staged["quality"], staged["cleaned"], staged["features"]
     trained = train_flow(features=features, config=config)
     evaluated = evaluate_flow(trained=trained, config=config, embeddings=features.get("embeddings"))
     reports = {"quality": cleaned["report"]["html"], **evaluated["report"],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import clean_flow, features_flow, ingest_flow, pipeline_flow, quality_flow, train_flow
+from flows.pipeline import data_flows, pipeline_flow, train_flow
 from seqrec.config import SeqrecConfig, build_config, config_to_dict
 from seqrec.pipeline.runlock import run_lock
 from seqrec.serving.registry import default_registry_dir
@@ -52,10 +52,8 @@ def retrain_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Ingest, check, clean, build features and train (warm-started from the registry's current version when
     ``training.init_from`` is ``registry``), then register and promote only a better candidate."""
     with run_lock(config.output.run_dir, config.output.lock_wait_seconds):
-        ingested = ingest_flow(config=config)
-        quality_flow(ingested=ingested, config=config)
-        cleaned = clean_flow(ingested=ingested, config=config)
-        features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
+        staged = data_flows(config)
+        ingested, features = staged["ingested"], staged["features"]
         done = R.already_trained(registry_dir(config), features["fingerprint"], config)
         if done is not None:  # an unchanged warehouse: nothing to retrain, no new version
             get_run_logger().info("%s was trained on these data with this config: nothing to retrain", done["version"])
@@ -73,8 +71,8 @@ def quality_check_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Validate newly arrived day partitions (per-day caching: days seen before are cache hits) and announce each new
     day as a ``seqrec.partition.arrived`` event (the nightly deployment's trigger)."""
     with run_lock(config.output.run_dir, config.output.lock_wait_seconds):
-        ingested = ingest_flow(config=config)
-        quality = quality_flow(ingested=ingested, config=config)
+        staged = data_flows(config, through="quality")
+        ingested, quality = staged["ingested"], staged["quality"]
         arrived = D.announce_new_days(ingested, str(Path(config.output.run_dir).resolve()))
     return {"root": ingested["root"], "days": [d["day"] for d in ingested["days"]], "quality": quality, "arrived": arrived}
 

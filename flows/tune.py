@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.cluster import local_cluster_kwargs
 from seqrec.config import SeqrecConfig
 from seqrec.pipeline.runlock import run_lock
 from seqrec.pipeline.tuning import trials_left, worker_config
@@ -74,5 +75,4 @@ def task_runner(config: SeqrecConfig):
 
     if config.data.dask_address:
         return DaskTaskRunner(address=config.data.dask_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": config.tuning.parallel, "threads_per_worker": 1, "processes": True,
-                                          "host": "127.0.0.1", "protocol": "tcp", "dashboard_address": "127.0.0.1:0"})
+    return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(config.tuning.parallel))

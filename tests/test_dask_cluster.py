@@ -67,3 +67,84 @@ def test_ingest_on_cluster_equals_local(dask_cluster, tmp_path):
     assert len(remote.events) == len(local.events) > 0
     pd.testing.assert_frame_equal(remote.events, local.events)
     assert [p["rows"] for p in remote.partitions] == [p["rows"] for p in local.partitions]
+
+
+@contextlib.contextmanager
+def two_workers(tmp_path: Path, env: dict) -> Iterator[tuple[str, dict[str, subprocess.Popen]]]:
+    """Yield (address, {name: worker process}) of a scheduler with workers w0 and w1, each one process with one
+    thread and no nanny (a killed worker stays dead), all on 127.0.0.1 and stopped afterwards."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    with contextlib.ExitStack() as stack:
+        sched = stack.enter_context(process_group(scheduler, tmp_path / "scheduler.log", env=env, cwd=tmp_path))
+        workers = {name: stack.enter_context(process_group(
+            [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", name,
+             "--host", "127.0.0.1", "--local-directory", str(tmp_path / name)], tmp_path / f"{name}.log", env=env,
+            cwd=tmp_path)) for name in ("w0", "w1")}
+        wait_for_workers(address, 2, [sched, *workers.values()], timeout=120)
+        yield address, workers
+
+
+def kill_worker_running(client, prefix: str, workers: dict[str, subprocess.Popen], killed: list) -> None:
+    """Kill (SIGKILL) the first worker seen running a task whose key starts with ``prefix``; note its name."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        for address, keys in client.processing().items():
+            if any(str(k).startswith(prefix) for k in keys):
+                name = client.scheduler_info()["workers"][address]["name"]
+                workers[name].kill()
+                killed.append(name)
+                return
+        time.sleep(0.02)
+
+
+def pipeline_outputs(run_dir: Path) -> dict:
+    """Return what a pipeline run wrote that must not depend on where its tasks ran."""
+    def frames(pattern: str) -> list[pd.DataFrame]:
+        return [pd.read_parquet(p) for p in sorted(run_dir.glob(pattern))]
+
+    return {"cleaned": frames("clean/events/*.parquet"), "quarantine": frames("clean/quarantine/*.parquet"),
+            "sessions": frames("features/sessions/sessions*.parquet"), "edges": frames("features/graph/edges.pq")}
+
+
+@pytest.mark.slow
+def test_pipeline_on_two_worker_processes_equals_local_and_survives_a_dead_worker(tmp_path, prefect_harness):
+    """The per-day tasks of the pipeline run on a real scheduler's two worker processes; one worker is killed while
+    it cleans a day: Dask runs that task again on the other, and every output equals the local run's."""
+    import os
+    import threading
+
+    from distributed import Client
+    from prefect.settings import get_current_settings
+
+    from flows.pipeline import pipeline_flow
+    from seqrec.config import load_config
+
+    def config(name: str, *extra: str):
+        return load_config(overrides=[
+            "generator.events=6000", "generator.days=4", "generator.workers=1", "features.build_embeddings=false",
+            "models.names=[popularity, markov, gru4rec]", "models.gru4rec.epochs=1", "models.gru4rec.n_sample=64",
+            "training.progress=false", "training.threads=1", f"output.root={tmp_path}", f"output.run_name={name}", *extra])
+
+    local = pipeline_flow(config=config("local"))
+    env = {**os.environ, "PREFECT_API_URL": get_current_settings().api.url}
+    with two_workers(tmp_path, env) as (address, workers), Client(address) as client:
+        client.get_task_stream()  # start recording which worker ran which task
+        killed: list[str] = []
+        killer = threading.Thread(target=kill_worker_running, args=(client, "clean_events_day", workers, killed),
+                                  daemon=True)
+        killer.start()
+        remote = pipeline_flow(config=config("cluster", f"data.dask_address={address}"))
+        killer.join(timeout=1)
+        ran = {(rec["key"].split("-")[0], rec["worker"]) for rec in client.get_task_stream()}
+    assert killed, "no clean_events_day task was seen running"
+    day_tasks = {"ingest_day", "validate_events_day", "clean_events_day"}
+    assert {key for key, _ in ran} >= day_tasks
+    assert len({w for key, w in ran if key in {"ingest_day", "validate_events_day"}}) == 2  # both workers took days
+    assert remote["metrics"] == local["metrics"]
+    a, b = pipeline_outputs(tmp_path / "local"), pipeline_outputs(tmp_path / "cluster")
+    for name in a:
+        assert len(a[name]) == len(b[name]) > 0, name
+        for x, y in zip(a[name], b[name]):
+            pd.testing.assert_frame_equal(x, y)

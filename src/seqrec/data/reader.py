@@ -174,10 +174,23 @@ def make_dask_client(cfg: DataConfig) -> "distributed.Client":
     )
 
 
+def in_dask_worker() -> bool:
+    """Return whether this code runs inside a Dask worker (a task the flows sent to the cluster)."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
 def compute_all(tasks: list, cfg: DataConfig, client: "distributed.Client | None") -> list:
     """Return the results of delayed ``tasks`` on ``client``, a client from ``cfg``, or local threads."""
     if client is not None:
         return client.gather(client.compute(tasks))
+    if in_dask_worker():  # a per-day task already on the cluster: its partitions in this worker, one at a time
+        return list(dask.compute(*tasks, scheduler="sync"))
     if cfg.dask_address or cfg.dask_processes:
         with make_dask_client(cfg) as own:
             return own.gather(own.compute(tasks))
