@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from seqrec import columns as C
 from seqrec import io
@@ -24,6 +26,8 @@ from seqrec.data.ingest import ingest_events
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 SINGLE_TABLES = {"users": "users.pq", "brands": "brands.pq"}
+# event columns of a few distinct values, validated as categoricals: GX's filters and set checks then work on codes
+LOW_CARDINALITY = (C.ACTION, C.SUBDOMAIN, C.OS)
 DAY_TABLES = {"payments": "payments/events", "receipts": "payments/receipts", "reviews": "reviews"}
 
 
@@ -114,9 +118,14 @@ def build_docs_if_possible(frames: dict[str, pd.DataFrame], stage: str, quality:
     return str(build_data_docs(frames, stage, quality, out, refs=refs))
 
 
-def events_by_domain(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Return a canonical event partition split by domain, as ``events.<domain>`` tables."""
-    return {f"events.{d}": part.drop(columns=[C.DOMAIN]) for d, part in df.groupby(C.DOMAIN, sort=True)}
+def events_by_domain(path: str, categorical: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
+    """Return a canonical event day file split by domain, as ``events.<domain>`` tables (domains sorted, rows in file
+    order; split in Arrow: a pandas group-by would gather every string column row by row); ``categorical`` columns
+    present come as pandas categoricals."""
+    table = pq.read_table(path, read_dictionary=[c for c in categorical if c in pq.read_schema(path).names])
+    domain = table[C.DOMAIN]
+    names = sorted(d for d in pc.unique(domain).to_pylist() if d is not None)
+    return {f"events.{d}": table.filter(pc.equal(domain, d)).drop_columns([C.DOMAIN]).to_pandas() for d in names}
 
 
 def validate_events_day(day: dict[str, Any], stage: str, quality: QualityConfig, cleaning: CleaningConfig, out_dir: str,
@@ -128,7 +137,7 @@ def validate_events_day(day: dict[str, Any], stage: str, quality: QualityConfig,
     """
     from seqrec.quality.validate import measure_missingness, measure_table, summarise_validations
 
-    frames = events_by_domain(io.read_table(day["path"]))
+    frames = events_by_domain(day["path"], categorical=LOW_CARDINALITY)
     refs = references_of(raw_root, tuple(domains)) if raw_root else None
     name = f"{int(day['day']):05d}"
     params = SuiteParams.of(quality, cleaning)
@@ -163,11 +172,11 @@ def clean_events_day(day: dict[str, Any], cleaning: CleaningConfig, out_dir: str
     """Clean one event day partition; write cleaned rows, quarantined rows and the step counts."""
     from seqrec.quality.cleaning import clean_table
 
-    frames = events_by_domain(io.read_table(day["path"]))
+    frames = events_by_domain(day["path"])
     name = f"{int(day['day']):05d}"
     results = [clean_table(df, t, cleaning, source_file=Path(day["path"]).name) for t, df in frames.items()]
     clean = pd.concat([r.clean.assign(**{C.DOMAIN: r.table.split(".")[1]}) for r in results], ignore_index=True)
-    clean = clean.sort_values([C.TIMESTAMP, C.USER], kind="stable")[list(io.read_table(day["path"]).columns)]
+    clean = clean.sort_values([C.TIMESTAMP, C.USER], kind="stable")[pq.read_schema(day["path"]).names]
     out = Path(out_dir)
     path = io.write_table(clean, out / "events" / f"{name}.parquet")
     quarantine = pd.concat([r.quarantine.assign(table=r.table) for r in results], ignore_index=True)

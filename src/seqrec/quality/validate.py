@@ -13,10 +13,12 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from expectations import suites as S
 from seqrec import columns as C
@@ -72,6 +74,13 @@ class References:
 
     items: dict[str, pd.Index] = field(default_factory=dict)
     brands: pd.Index | None = None
+    _arrow: dict[str, "pa.Array"] = field(default_factory=dict, compare=False, repr=False)
+
+    def arrow_set(self, name: str, known: Callable[[], pd.Index]) -> "pa.Array":
+        """Return the reference set ``known()`` (named ``name``) as an Arrow array, built once per set."""
+        if name not in self._arrow:
+            self._arrow[name] = pa.array(known(), from_pandas=True)
+        return self._arrow[name]
 
 
 @dataclass(frozen=True)
@@ -142,9 +151,31 @@ def measure_embedding_len(df: pd.DataFrame, stage: Stage) -> pd.Series | None:
     return pd.Series(lengths, index=df.index, dtype="Int64")
 
 
-def flag_membership(values: pd.Series, known: pd.Index, judge: pd.Series | None = None) -> pd.Series:
+def is_in(values: pd.Series, known: "pa.Array") -> np.ndarray:
+    """Return where ``values`` are in ``known`` (a null never is), computed by Arrow: pandas' ``isin`` on Arrow strings
+    turns the whole reference set (millions of catalogue ids) into Python objects on every call."""
+    try:
+        column = pa.array(values, from_pandas=True)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        if known.type != column.type and kind(known.type) != kind(column.type):
+            raise pa.ArrowTypeError(f"{known.type} ids, {column.type} values")  # "1" is not 1 to pandas either
+        value_set = known if known.type == column.type else known.cast(column.type)
+        return pc.is_in(column, value_set=value_set).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):  # mixed or mismatched types: pandas' rule
+        return values.isin(known.to_pandas()).to_numpy()
+
+
+def kind(dtype: "pa.DataType") -> str:
+    """Return "text", "number" or the type's name: Arrow casts within a kind only, as pandas compares."""
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return "text"
+    return "number" if pa.types.is_integer(dtype) or pa.types.is_floating(dtype) else str(dtype)
+
+
+def flag_membership(values: pd.Series, known: "pa.Array", judge: pd.Series | None = None) -> pd.Series:
     """Return a nullable boolean: value in ``known``, null where ``judge`` is False (not judged)."""
-    flags = pd.Series(values.isin(known).to_numpy(), index=values.index, dtype="boolean")
+    flags = pd.Series(is_in(values, known), index=values.index, dtype="boolean")
     return flags if judge is None else flags.mask(~judge.to_numpy())
 
 
@@ -159,17 +190,19 @@ def add_reference_columns(out: pd.DataFrame, table: str, refs: References | None
     family, domain = S.family_of(table), S.domain_of(table)
     if family == "events":
         if refs is not None and domain in refs.items:
-            out[S.ITEM_KNOWN] = flag_membership(out[C.ITEM], refs.items[domain])
+            out[S.ITEM_KNOWN] = flag_membership(out[C.ITEM], refs.arrow_set(f"items.{domain}", lambda: refs.items[domain]))
         else:
             skipped[S.ITEM_KNOWN] = f"no items.{domain} catalogue given"
     if "brand_id" in out and family != "brands":
         if refs is not None and refs.brands is not None:
-            out[S.BRAND_KNOWN] = flag_membership(out["brand_id"], refs.brands, brand_judged(out["brand_id"]))
+            out[S.BRAND_KNOWN] = flag_membership(out["brand_id"], refs.arrow_set("brands", lambda: refs.brands),
+                                                 brand_judged(out["brand_id"]))
         else:
             skipped[S.BRAND_KNOWN] = "no brands table given"
     if family == "receipts":
         if refs is not None and refs.items:
-            out[S.LINKED] = flag_membership(out["approximate_item_id"], pd.Index(np.concatenate([i.to_numpy() for i in refs.items.values()])))
+            every = refs.arrow_set("items", lambda: pd.Index(np.concatenate([i.to_numpy() for i in refs.items.values()])))
+            out[S.LINKED] = flag_membership(out["approximate_item_id"], every)
         else:
             skipped[S.LINKED] = "no item catalogue given"
 
@@ -241,12 +274,20 @@ def check_columns_present(df: pd.DataFrame, table: str, stage: Stage, params: Su
             raise QualityError(f"{table}: column '{check.column}' needed by check '{check.name}' is absent (have {list(df.columns)})")
 
 
+def suite_columns(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams, skip: dict[str, str]) -> list[str]:
+    """Return the columns of ``df`` the suite reads (checked columns, row-condition columns): GX's row conditions copy
+    the frame they are given, so it gets no others."""
+    checks = S.list_checks(table, stage, params, skip)
+    used = {c.column for c in checks} | {c.only_where_not_in[0] for c in checks if c.only_where_not_in}
+    return [c for c in df.columns if c in used]
+
+
 def measure_table(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams,
                   refs: References | None = None, partition: str | None = None) -> TableValidation:
     """Return the validation of one frame without applying the cleaned-pass gate."""
     frame, skipped = add_check_columns(df, table, stage, params, refs)
     check_columns_present(frame, table, stage, params, skipped)
-    results = run_suite(frame, table, stage, params, skipped)
+    results = run_suite(frame[suite_columns(frame, table, stage, params, skipped)], table, stage, params, skipped)
     order = {c.name: i for i, c in enumerate(S.list_checks(table, stage, params, skipped))}
     results = sorted((_with_partition(r, partition) for r in results), key=lambda r: order.get(r.check, len(order)))
     return TableValidation(table, stage, partition, len(df), results, skipped)

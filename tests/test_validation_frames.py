@@ -1,0 +1,63 @@
+"""What the validate stage hands Great Expectations: Arrow membership flags, day files split by domain, the suite's
+columns only; each equal to the plain pandas result it replaces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from seqrec import io
+from seqrec.config import CleaningConfig, QualityConfig, SuiteParams
+from seqrec.pipeline.quality import events_by_domain
+from seqrec.quality.validate import References, add_check_columns, is_in, suite_columns
+
+
+@pytest.mark.parametrize("values, known", [
+    (pd.Series(["a", "b", None, "z"], dtype="string[pyarrow]"), ["a", "z", "q"]),
+    (pd.Series(["a", "b", None, "z"], dtype=object), ["a", "z"]),
+    (pd.Series([1.0, np.nan, 3.0, -1.0]), [1, 3, 7]),  # float column, integer ids (brand ids with nulls)
+    (pd.Series([1, 2, 3]), ["1", "2"]),  # mismatched types: never members, as in pandas
+    (pd.Series(["1", 2, None], dtype=object), ["1", "2"]),  # mixed: pandas' rule
+    (pd.Series(["x", "y", "x"], dtype="category"), ["x"]),
+])
+def test_arrow_membership_equals_pandas_isin(values, known):
+    index = pd.Index(known)
+    assert is_in(values, pa.array(index, from_pandas=True)).tolist() == values.isin(index).tolist()
+
+
+def test_reference_sets_are_converted_once():
+    refs = References(items={"marketplace": pd.Index(["i1", "i2"])})
+    calls = []
+    build = lambda: calls.append(1) or refs.items["marketplace"]  # noqa: E731
+    first = refs.arrow_set("items.marketplace", build)
+    assert refs.arrow_set("items.marketplace", build) is first and len(calls) == 1
+
+
+def test_day_file_split_by_domain_equals_a_group_by(tmp_path):
+    df = pd.DataFrame({"timestamp": [5, 1, 3, 2, 4], "user_id": [1, 2, 1, 3, 2],
+                       "item_id": ["a", "b", "c", "a", None],
+                       "domain": ["retail", "marketplace", "retail", "offers", "marketplace"],
+                       "action_type": ["view", "like", None, "view", "view"], "os": ["ios", "web", "ios", None, "web"]})
+    path = io.write_table(df, tmp_path / "day.parquet")
+    expected = {f"events.{d}": part.drop(columns=["domain"]).reset_index(drop=True)
+                for d, part in io.read_table(path).groupby("domain", sort=True)}
+    plain = events_by_domain(str(path))
+    assert list(plain) == ["events.marketplace", "events.offers", "events.retail"]
+    for name, frame in plain.items():
+        pd.testing.assert_frame_equal(frame, expected[name])
+    coded = events_by_domain(str(path), categorical=("action_type", "os", "subdomain"))  # subdomain: absent, ignored
+    assert isinstance(coded["events.retail"]["action_type"].dtype, pd.CategoricalDtype)
+    for name, frame in coded.items():
+        pd.testing.assert_frame_equal(frame.astype({"action_type": object, "os": object}),
+                                      expected[name].astype({"action_type": object, "os": object}))
+
+
+def test_suite_gets_only_the_columns_it_reads():
+    params = SuiteParams.of(QualityConfig(), CleaningConfig())
+    df = pd.DataFrame({"timestamp": [1], "user_id": [1], "item_id": ["a"], "action_type": ["view"], "os": ["ios"],
+                       "subdomain": ["catalog"], "unread": [0]})
+    frame, skipped = add_check_columns(df, "events.marketplace", "raw", params, References(items={"marketplace": pd.Index(["a"])}))
+    columns = suite_columns(frame, "events.marketplace", "raw", params, skipped)
+    assert "unread" not in columns and {"item_known", "repeat_key", "action_type", "subdomain", "os"} <= set(columns)
