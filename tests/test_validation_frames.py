@@ -61,3 +61,15 @@ def test_suite_gets_only_the_columns_it_reads():
     frame, skipped = add_check_columns(df, "events.marketplace", "raw", params, References(items={"marketplace": pd.Index(["a"])}))
     columns = suite_columns(frame, "events.marketplace", "raw", params, skipped)
     assert "unread" not in columns and {"item_known", "repeat_key", "action_type", "subdomain", "os"} <= set(columns)
+
+
+def test_large_reference_sets_are_looked_up_in_the_distinct_values():
+    from seqrec.quality.validate import LARGE_SET
+
+    values = pd.Series(["i3", "b", None, "i77", "i3", "q"], dtype="string[pyarrow]")
+    catalogue = pd.Index([f"i{k}" for k in range(LARGE_SET + 10)])  # above the threshold: the distinct-values path
+    assert is_in(values, pa.array(catalogue, from_pandas=True)).tolist() == values.isin(catalogue).tolist()
+    assert values.isin(catalogue).tolist() == [True, False, False, True, True, False]
+    numbers = pd.Series([3.0, np.nan, 1.0, -1.0])
+    ids = pd.Index(np.arange(LARGE_SET + 10))
+    assert is_in(numbers, pa.array(ids)).tolist() == numbers.isin(ids).tolist() == [True, False, True, False]

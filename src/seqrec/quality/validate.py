@@ -151,17 +151,30 @@ def measure_embedding_len(df: pd.DataFrame, stage: Stage) -> pd.Series | None:
     return pd.Series(lengths, index=df.index, dtype="Int64")
 
 
+LARGE_SET = 100_000  # reference sets above this many ids are looked up in the column's distinct values
+
+
 def is_in(values: pd.Series, known: "pa.Array") -> np.ndarray:
     """Return where ``values`` are in ``known`` (a null never is), computed by Arrow: pandas' ``isin`` on Arrow strings
     turns the whole reference set (millions of catalogue ids) into Python objects on every call."""
     try:
         column = pa.array(values, from_pandas=True)
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         if known.type != column.type and kind(known.type) != kind(column.type):
             raise pa.ArrowTypeError(f"{known.type} ids, {column.type} values")  # "1" is not 1 to pandas either
         value_set = known if known.type == column.type else known.cast(column.type)
-        return pc.is_in(column, value_set=value_set).to_numpy(zero_copy_only=False)
+        if len(value_set) <= LARGE_SET:
+            return pc.is_in(column, value_set=value_set).to_numpy(zero_copy_only=False)
+        # a large set (a catalogue of millions): Arrow would hash all of it on every call; hash the column's distinct
+        # values instead and look the set up in them (3.6M ids, 1.4M rows: 0.31 s instead of 1.18 s)
+        encoded = pc.dictionary_encode(column)
+        found = np.zeros(len(encoded.dictionary), dtype=bool)
+        found[pc.index_in(value_set, value_set=encoded.dictionary).drop_null().to_numpy()] = True
+        codes = encoded.indices
+        return found[codes.fill_null(0).to_numpy()] & codes.is_valid().to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):  # mixed or mismatched types: pandas' rule
         return values.isin(known.to_pandas()).to_numpy()
 
