@@ -326,3 +326,23 @@ def test_per_day_ingest_names_every_bad_file_at_once(tecd_root: Path, tmp_path: 
         (tecd_root / "marketplace" / "events" / f"{day:05d}.pq").write_bytes(b"not parquet")
     with pytest.raises(PartitionError, match=r"2 bad partition\(s\).*00100.*00101"):
         ingest_day_by_day(tecd_root, DataConfig(), tmp_path / "days")
+
+
+def test_repair_embeddings_equals_row_by_row_padding_and_truncation() -> None:
+    """Runs of whole rows are copied at once, the odd rows element by element: the same matrix as row by row."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(5000):
+        r = rng.random()
+        size = 8 if r > 0.1 else int(rng.integers(1, 12))
+        rows.append(None if r < 0.02 else [] if r < 0.04 else list(rng.random(size).astype(np.float32)))
+    arr = pa.chunked_array([pa.array(rows[:2500], type=pa.list_(pa.float32())), pa.array(rows[2500:], type=pa.list_(pa.float32()))])
+    for dim in (None, 5, 8, 11):
+        matrix, lengths = repair_embeddings(arr, dim)
+        width = 8 if dim is None else dim
+        expected = np.zeros((len(rows), width), np.float32)
+        for i, row in enumerate(rows):
+            if row:
+                expected[i, : min(len(row), width)] = row[:width]
+        np.testing.assert_array_equal(matrix, expected)
+        assert lengths.tolist() == [MISSING_EMBEDDING_LEN if r is None else len(r) for r in rows]

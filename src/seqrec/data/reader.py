@@ -294,12 +294,16 @@ def repair_embeddings(column: pa.ChunkedArray | pa.Array, dim: int | None) -> tu
         nonzero = sizes[sizes > 0]
         dim = int(np.bincount(nonzero).argmax()) if len(nonzero) else 0
     values = pc.list_flatten(arr).cast(pa.float32()).to_numpy(zero_copy_only=False)  # (sum(sizes),)
-    keep = np.minimum(sizes, dim)  # (N,)
-    rows = np.repeat(np.arange(len(sizes)), keep)  # (K,)
-    cols = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)  # (K,) position inside row
     starts = np.cumsum(sizes) - sizes  # (N,) where each row begins in ``values``
     matrix = np.zeros((len(sizes), dim), dtype=np.float32)  # (N, dim)
-    matrix[rows, cols] = values[np.repeat(starts, keep) + cols]
+    whole = (sizes == dim).astype(np.int8)  # rows of the right length: copied a run of rows at a time
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], whole, [0]])))
+    for a, b in zip(edges[::2], edges[1::2]):
+        matrix[a:b] = values[starts[a] : starts[a] + (b - a) * dim].reshape(b - a, dim)
+    odd = np.flatnonzero((whole == 0) & (sizes > 0))  # padded or truncated rows, element by element
+    keep = np.minimum(sizes[odd], dim)  # (M,)
+    cols = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)  # (K,) position inside row
+    matrix[np.repeat(odd, keep), cols] = values[np.repeat(starts[odd], keep) + cols]
     return matrix, lengths
 
 
