@@ -18,12 +18,13 @@ import os
 import resource
 import shutil
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from bench_pipeline import Stages  # noqa: E402  (this folder: timing and peak memory per stage)
 
 DAY_STAGES = ("ingest", "quality", "clean")
 
@@ -67,24 +68,20 @@ def run_once(args: argparse.Namespace, workers: int) -> dict:
             f"data.root={args.root.resolve()}", f"output.root={args.out.resolve()}", f"output.run_name=workers-{workers}",
             f"data.dask_address={cluster.scheduler_address}", "features.build_embeddings=false", *args.set])
         client.run(warm_up)
-        seconds, address = {}, cluster.scheduler_address
-        start = time.perf_counter()
-        ingested = on_cluster(ingest_flow, address)(config=cfg)
-        seconds["ingest"] = time.perf_counter() - start
-        on_cluster(quality_flow, address)(ingested=ingested, config=cfg)
-        seconds["quality"] = time.perf_counter() - start - sum(seconds.values())
-        cleaned = on_cluster(clean_flow, address)(ingested=ingested, config=cfg)
-        seconds["clean"] = time.perf_counter() - start - sum(seconds.values())
-        features = features_flow(cleaned=cleaned, root=ingested["root"], config=cfg)
-        seconds["features"] = time.perf_counter() - start - sum(seconds.values())
+        stages = Stages()
+        ingested = stages.run("ingest", lambda: on_cluster(ingest_flow, cluster.scheduler_address)(config=cfg))
+        stages.run("quality", lambda: on_cluster(quality_flow, cluster.scheduler_address)(ingested=ingested, config=cfg))
+        cleaned = stages.run("clean", lambda: on_cluster(clean_flow, cluster.scheduler_address)(ingested=ingested, config=cfg))
+        features = stages.run("features", lambda: features_flow(cleaned=cleaned, root=ingested["root"], config=cfg))
         peaks = client.run(peak_mib)
+    seconds = {k: f["seconds"] for k, f in stages.figures.items()}
     rows = sum(d["rows"] for d in ingested["days"])
     print(f"{workers} worker(s): " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()), file=sys.stderr, flush=True)
-    return {"workers": workers, "rows": rows, "days": len(ingested["days"]),
-            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    return {"workers": workers, "rows": rows, "days": len(ingested["days"]), "seconds": seconds,
             "per_day_stages_s": round(sum(seconds[k] for k in DAY_STAGES), 3),
             "through_graph_s": round(sum(seconds.values()), 3), "edges": features["graph"]["stats"].get("edges"),
-            "worker_peak_rss_mib": sorted(round(v, 1) for v in peaks.values())}
+            "worker_peak_rss_mib": sorted(round(v, 1) for v in peaks.values()),
+            "flow_process_peak_rss_mib": {k: f["peak_rss_mib"] for k, f in stages.figures.items()}}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -102,7 +99,6 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"bench": "cluster", "root": str(args.root), "runs": runs, "cpu_count": os.cpu_count(),
               "speedup_per_day_stages": round(first["per_day_stages_s"] / last["per_day_stages_s"], 3),
               "speedup_through_graph": round(first["through_graph_s"] / last["through_graph_s"], 3),
-              "flow_process_peak_rss_mib": round(peak_mib(), 1),
               "same_graph": len({r["edges"] for r in runs}) == 1}
     print(f"{last['workers']} workers vs {first['workers']}: per-day stages {record['speedup_per_day_stages']}x, "
           f"through the graph {record['speedup_through_graph']}x", file=sys.stderr)

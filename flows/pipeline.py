@@ -45,26 +45,27 @@ def ingest_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
 def quality_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Validate the raw tables and every raw event day partition (in parallel): findings, not gates."""
     code, out, root = code_version(), stage_dir(config, "quality"), ingested["root"]
+    tables = bind(Q.validate_tables, config).submit(root, fingerprint_raw_tables(root), "raw", config.quality,
+                                                    config.cleaning, config.data, out, code)  # beside the days
     days = [bind(Q.validate_events_day, config).submit(d, "raw", config.quality, config.cleaning, out, code, root,
                                                        config.data.domains) for d in ingested["days"]]
-    tables = bind(Q.validate_tables, config)(root, fingerprint_raw_tables(root), "raw", config.quality, config.cleaning,
-                                             config.data, out, code)
-    return {"days": [d.result() for d in days], "tables": tables}
+    return {"days": [d.result() for d in days], "tables": tables.result()}
 
 
 @flow(name="clean", log_prints=True)
 def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Clean every event day partition and the other tables, gate on the cleaned suites, write the report."""
     code, out, qdir, root = code_version(), stage_dir(config, "clean"), stage_dir(config, "quality"), ingested["root"]
-    futures = [bind(Q.clean_events_day, config).submit(d, config.cleaning, out, code) for d in ingested["days"]]
-    days = [f.result() for f in futures]
     fp = fingerprint_raw_tables(root)
-    tables = bind(Q.clean_tables, config)(root, fp, config.cleaning, config.data, out, code)
+    cleaning = bind(Q.clean_tables, config).submit(root, fp, config.cleaning, config.data, out, code)  # beside the days
+    futures = [bind(Q.clean_events_day, config).submit(d, config.cleaning, out, code) for d in ingested["days"]]
+    tables = cleaning.result()
+    checked = bind(Q.validate_tables, config).submit(tables["clean_root"], fp, "cleaned", config.quality, config.cleaning,
+                                                     config.data, qdir, code, root)
+    days = [f.result() for f in futures]
     gates = [bind(Q.validate_events_day, config).submit(d, "cleaned", config.quality, config.cleaning, qdir, code, root,
                                                         config.data.domains) for d in days]
-    checked = bind(Q.validate_tables, config)(tables["clean_root"], fp, "cleaned", config.quality, config.cleaning,
-                                              config.data, qdir, code, root)
-    cleaned = {"days": days, "tables": tables, "gates": [g.result() for g in gates], "checked_tables": checked}
+    cleaned = {"days": days, "tables": tables, "gates": [g.result() for g in gates], "checked_tables": checked.result()}
     cleaned["report"] = Q.write_quality_report(qdir, cleaned, stage_dir(config, "reports"))
     Q.check_cleaned_gate(cleaned["gates"] + [checked], config.quality)  # after the report, which shows what failed
     return cleaned
