@@ -148,3 +148,30 @@ def test_pipeline_on_two_worker_processes_equals_local_and_survives_a_dead_worke
         assert len(a[name]) == len(b[name]) > 0, name
         for x, y in zip(a[name], b[name]):
             pd.testing.assert_frame_equal(x, y)
+
+
+def api_url_here() -> str | None:
+    """Return the Prefect API URL in this process's environment (run on each worker)."""
+    import os
+
+    return os.environ.get("PREFECT_API_URL")
+
+
+@pytest.mark.slow
+def test_local_process_cluster_binds_loopback_and_reports_to_the_flows_api(prefect_harness, tmp_path):
+    from distributed import Client
+    from prefect.settings import get_current_settings
+
+    from flows.cluster import day_cluster
+    from seqrec.config import load_config
+
+    cfg = load_config(overrides=["data.dask_processes=true", "data.dask_workers=2", f"output.root={tmp_path}"])
+    with day_cluster(cfg) as address, Client(address) as client:
+        assert address.startswith("tcp://127.0.0.1:")
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 2 and all(a.startswith("tcp://127.0.0.1:") for a in workers)
+        assert "127.0.0.1" in client.dashboard_link
+        # without it each worker would start an ephemeral Prefect server of its own
+        assert set(client.run(api_url_here).values()) == {get_current_settings().api.url.rstrip("/")}
+    with day_cluster(load_config(overrides=[f"output.root={tmp_path}"])) as none:
+        assert none is None  # no cluster named: Prefect's threads, as before
