@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+from pathlib import Path
 from typing import Iterator
 
-from seqrec.config import SeqrecConfig
+from seqrec.config import ConfigError, SeqrecConfig
 
 log = logging.getLogger("seqrec.cluster")
 
@@ -32,7 +34,41 @@ def local_cluster_kwargs(workers: int) -> dict:
     """Return the keyword arguments of a local cluster of ``workers`` single-threaded processes on 127.0.0.1 whose
     tasks report to this process's Prefect API (without it each worker would start an ephemeral server of its own)."""
     return {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1", "protocol": "tcp",
-            "dashboard_address": "127.0.0.1:0", "env": {"PREFECT_API_URL": prefect_api_url()}}
+            "dashboard_address": "127.0.0.1:0", "env": {"PREFECT_API_URL": prefect_api_url()},
+            # no per-worker share of the memory (Dask's default, RAM / workers): a large day that fits in the machine
+            # as a thread would otherwise be killed by its nanny
+            "memory_limit": 0}
+
+
+def worker_view(run_dir: str) -> dict:
+    """Return what a worker sees that the flow relies on: the run directory, its Prefect API, its code version."""
+    from prefect.settings import get_current_settings
+
+    from tasks.common import code_version
+
+    return {"run_dir": os.path.isdir(run_dir), "api": (get_current_settings().api.url or "").rstrip("/"),
+            "code": code_version()}
+
+
+def check_workers(address: str, run_dir: Path) -> None:
+    """Raise ConfigError unless every worker of the scheduler at ``address`` sees the run directory (shared storage),
+    reports to this flow's Prefect API and runs the same seqrec code (results are cached under the flow's version)."""
+    from distributed import Client
+
+    from tasks.common import code_version
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    want = {"run_dir": True, "api": prefect_api_url(), "code": code_version()}
+    with Client(address, timeout=30) as client:
+        seen = client.run(worker_view, str(run_dir.resolve()))
+    if not seen:
+        raise ConfigError(f"config key 'data.dask_address' = '{address}': the scheduler has no workers")
+    what = {"run_dir": f"does not see the run directory {run_dir.resolve()} (put it on storage every worker mounts)",
+            "api": f"reports to another Prefect API than {want['api']} (set PREFECT_API_URL for the workers)",
+            "code": f"runs other seqrec code than this flow ({want['code']}): restart the workers on this version"}
+    problems = [f"worker {w} {what[k]}" for w, view in sorted(seen.items()) for k in want if view[k] != want[k]]
+    if problems:
+        raise ConfigError(f"config key 'data.dask_address' = '{address}': " + "; ".join(problems))
 
 
 @contextlib.contextmanager
@@ -41,6 +77,7 @@ def day_cluster(config: SeqrecConfig) -> Iterator[str | None]:
     when ``data.dask_processes``), or None for Prefect's threads in this process."""
     data = config.data
     if data.dask_address:
+        check_workers(data.dask_address, config.output.run_dir)
         yield data.dask_address
     elif data.dask_processes:
         from distributed import LocalCluster

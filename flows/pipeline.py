@@ -7,6 +7,7 @@ Prefect UI, deployments and the CLI all override the same defaults.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger
 
@@ -45,10 +46,11 @@ def ingest_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
 def quality_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Validate the raw tables and every raw event day partition (in parallel): findings, not gates."""
     code, out, root = code_version(), stage_dir(config, "quality"), ingested["root"]
-    tables = bind(Q.validate_tables, config).submit(root, fingerprint_raw_tables(root), "raw", config.quality,
-                                                    config.cleaning, config.data, out, code)  # beside the days
+    fp = fingerprint_raw_tables(root)
+    tables = bind(Q.validate_tables, config).submit(root, fp, "raw", config.quality, config.cleaning, config.data, out,
+                                                    code)  # beside the days
     days = [bind(Q.validate_events_day, config).submit(d, "raw", config.quality, config.cleaning, out, code, root,
-                                                       config.data.domains) for d in ingested["days"]]
+                                                       config.data.domains, fp) for d in ingested["days"]]
     return {"days": [d.result() for d in days], "tables": tables.result()}
 
 
@@ -64,10 +66,10 @@ def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
                                                      config.data, qdir, code, root)
     days = [f.result() for f in futures]
     gates = [bind(Q.validate_events_day, config).submit(d, "cleaned", config.quality, config.cleaning, qdir, code, root,
-                                                        config.data.domains) for d in days]
+                                                        config.data.domains, fp) for d in days]
     cleaned = {"days": days, "tables": tables, "gates": [g.result() for g in gates], "checked_tables": checked.result()}
     cleaned["report"] = Q.write_quality_report(qdir, cleaned, stage_dir(config, "reports"))
-    Q.check_cleaned_gate(cleaned["gates"] + [checked], config.quality)  # after the report, which shows what failed
+    Q.check_cleaned_gate(cleaned["gates"] + [cleaned["checked_tables"]], config.quality)  # after the report, which shows what failed
     return cleaned
 
 
@@ -121,16 +123,18 @@ def pipeline_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
         return pipeline_body(config)
 
 
-def data_flows(config: SeqrecConfig, through: str = "features") -> dict:
-    """Run ingest, quality, clean and features (stopping after ``through``: "quality" or "features"), the per-day
-    tasks on the Dask cluster the config names (``flows.cluster``); return each stage's result by name."""
+def data_flows(config: SeqrecConfig, through: Literal["quality", "features"] = "features") -> dict:
+    """Run ingest, quality, clean and features (stopping after ``through``), the per-day tasks on the Dask cluster the
+    config names (``flows.cluster``; a local one is stopped before the features); return each stage's result by name."""
+    if through not in ("quality", "features"):
+        raise ValueError(f"data_flows: through={through!r}, expected 'quality' or 'features'")
     with day_cluster(config) as address:
         ingested = on_cluster(ingest_flow, address)(config=config)
         quality = on_cluster(quality_flow, address)(ingested=ingested, config=config)
         if through == "quality":
             return {"ingested": ingested, "quality": quality}
         cleaned = on_cluster(clean_flow, address)(ingested=ingested, config=config)
-        features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
+    features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
     return {"ingested": ingested, "quality": quality, "cleaned": cleaned, "features": features}
 
 

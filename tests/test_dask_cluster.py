@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -86,17 +88,23 @@ def two_workers(tmp_path: Path, env: dict) -> Iterator[tuple[str, dict[str, subp
         yield address, workers
 
 
-def kill_worker_running(client, prefix: str, workers: dict[str, subprocess.Popen], killed: list) -> None:
-    """Kill (SIGKILL) the first worker seen running a task whose key starts with ``prefix``; note its name."""
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        for address, keys in client.processing().items():
-            if any(str(k).startswith(prefix) for k in keys):
-                name = client.scheduler_info()["workers"][address]["name"]
-                workers[name].kill()
-                killed.append(name)
-                return
-        time.sleep(0.02)
+def executing(dask_worker) -> list[str]:
+    """Return the keys of the tasks this worker is running now (run on each worker through ``Client.run``)."""
+    return [str(key) for key in dask_worker.state.executing]
+
+
+def kill_worker_running(client, prefix: str, workers: dict[str, subprocess.Popen], killed: list,
+                        stop: threading.Event) -> None:
+    """Kill (SIGKILL) the first worker seen executing a task whose key starts with ``prefix``; note its name."""
+    names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+    while not stop.is_set():
+        with contextlib.suppress(Exception):  # a worker that just died does not answer
+            for address, keys in client.run(executing, on_error="ignore").items():
+                if any(k.startswith(prefix) for k in keys):
+                    workers[names[address]].kill()
+                    killed.append(names[address])
+                    return
+        time.sleep(0.01)
 
 
 def pipeline_outputs(run_dir: Path) -> dict:
@@ -112,9 +120,6 @@ def pipeline_outputs(run_dir: Path) -> dict:
 def test_pipeline_on_two_worker_processes_equals_local_and_survives_a_dead_worker(tmp_path, prefect_harness):
     """The per-day tasks of the pipeline run on a real scheduler's two worker processes; one worker is killed while
     it cleans a day: Dask runs that task again on the other, and every output equals the local run's."""
-    import os
-    import threading
-
     from distributed import Client
     from prefect.settings import get_current_settings
 
@@ -132,16 +137,23 @@ def test_pipeline_on_two_worker_processes_equals_local_and_survives_a_dead_worke
     with two_workers(tmp_path, env) as (address, workers), Client(address) as client:
         client.get_task_stream()  # start recording which worker ran which task
         killed: list[str] = []
-        killer = threading.Thread(target=kill_worker_running, args=(client, "clean_events_day", workers, killed),
+        stop = threading.Event()
+        killer = threading.Thread(target=kill_worker_running, args=(client, "clean_events_day", workers, killed, stop),
                                   daemon=True)
         killer.start()
-        remote = pipeline_flow(config=config("cluster", f"data.dask_address={address}"))
-        killer.join(timeout=1)
+        try:
+            remote = pipeline_flow(config=config("cluster", f"data.dask_address={address}"))
+        finally:
+            stop.set()
+            killer.join(timeout=10)
+        names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
         ran = {(rec["key"].split("-")[0], rec["worker"]) for rec in client.get_task_stream()}
-    assert killed, "no clean_events_day task was seen running"
-    day_tasks = {"ingest_day", "validate_events_day", "clean_events_day"}
-    assert {key for key, _ in ran} >= day_tasks
+    assert killed, "no clean_events_day task was seen executing"
+    assert {key for key, _ in ran} >= {"ingest_day", "validate_events_day", "clean_events_day", "validate_tables",
+                                       "clean_tables"}  # the day and table tasks all ran on the workers
     assert len({w for key, w in ran if key in {"ingest_day", "validate_events_day"}}) == 2  # both workers took days
+    survivor = [a for a, n in names.items() if n not in killed]
+    assert len(survivor) == 1 and ("clean_events_day", survivor[0]) in ran  # the other worker cleaned days
     assert remote["metrics"] == local["metrics"]
     a, b = pipeline_outputs(tmp_path / "local"), pipeline_outputs(tmp_path / "cluster")
     for name in a:
@@ -152,8 +164,6 @@ def test_pipeline_on_two_worker_processes_equals_local_and_survives_a_dead_worke
 
 def api_url_here() -> str | None:
     """Return the Prefect API URL in this process's environment (run on each worker)."""
-    import os
-
     return os.environ.get("PREFECT_API_URL")
 
 
@@ -175,3 +185,18 @@ def test_local_process_cluster_binds_loopback_and_reports_to_the_flows_api(prefe
         assert set(client.run(api_url_here).values()) == {get_current_settings().api.url.rstrip("/")}
     with day_cluster(load_config(overrides=[f"output.root={tmp_path}"])) as none:
         assert none is None  # no cluster named: Prefect's threads, as before
+
+
+@pytest.mark.slow
+def test_workers_that_report_elsewhere_are_refused_before_any_work(prefect_harness, tmp_path):
+    """A scheduler whose worker has no PREFECT_API_URL (it would record its task runs in an API of its own): the flows
+    refuse it with one error naming the worker and what differs, before any task runs."""
+    from distributed import LocalCluster
+
+    from flows.cluster import check_workers
+    from seqrec.config import ConfigError
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                      env={"PREFECT_API_URL": ""}) as cluster:
+        with pytest.raises(ConfigError, match=r"data.dask_address.*worker tcp://127\.0\.0\.1:\d+ reports to another Prefect API"):
+            check_workers(cluster.scheduler_address, tmp_path / "run")

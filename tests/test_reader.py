@@ -328,14 +328,16 @@ def test_per_day_ingest_names_every_bad_file_at_once(tecd_root: Path, tmp_path: 
         ingest_day_by_day(tecd_root, DataConfig(), tmp_path / "days")
 
 
-def test_repair_embeddings_equals_row_by_row_padding_and_truncation() -> None:
-    """Runs of whole rows are copied at once, the odd rows element by element: the same matrix as row by row."""
+@pytest.mark.parametrize("odd", [0.01, 0.3], ids=["runs-of-whole-rows", "odd-rows-everywhere"])
+def test_repair_embeddings_equals_row_by_row_padding_and_truncation(odd: float) -> None:
+    """Runs of whole rows are copied at once, the odd rows element by element (every row so when runs are short):
+    the same matrix as row by row."""
     rng = np.random.default_rng(0)
     rows = []
     for _ in range(5000):
         r = rng.random()
-        size = 8 if r > 0.1 else int(rng.integers(1, 12))
-        rows.append(None if r < 0.02 else [] if r < 0.04 else list(rng.random(size).astype(np.float32)))
+        size = 8 if r > odd else int(rng.integers(1, 12))
+        rows.append(None if r < odd / 5 else [] if r < 2 * odd / 5 else list(rng.random(size).astype(np.float32)))
     arr = pa.chunked_array([pa.array(rows[:2500], type=pa.list_(pa.float32())), pa.array(rows[2500:], type=pa.list_(pa.float32()))])
     for dim in (None, 5, 8, 11):
         matrix, lengths = repair_embeddings(arr, dim)

@@ -176,12 +176,11 @@ def make_dask_client(cfg: DataConfig) -> "distributed.Client":
 
 def in_dask_worker() -> bool:
     """Return whether this code runs inside a Dask worker (a task the flows sent to the cluster)."""
-    try:
-        from distributed import get_worker
+    from distributed import get_worker
 
-        get_worker()
-        return True
-    except (ImportError, ValueError):
+    try:
+        return get_worker() is not None
+    except ValueError:
         return False
 
 
@@ -297,8 +296,9 @@ def repair_embeddings(column: pa.ChunkedArray | pa.Array, dim: int | None) -> tu
     starts = np.cumsum(sizes) - sizes  # (N,) where each row begins in ``values``
     matrix = np.zeros((len(sizes), dim), dtype=np.float32)  # (N, dim)
     whole = (sizes == dim).astype(np.int8)  # rows of the right length: copied a run of rows at a time
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], whole, [0]])))
-    for a, b in zip(edges[::2], edges[1::2]):
+    runs = np.flatnonzero(np.diff(np.concatenate([[0], whole, [0]]))).reshape(-1, 2)  # (R, 2) [first, end) rows
+    whole[:], runs = (0, runs[:0]) if len(runs) > len(sizes) // 32 else (whole, runs)  # short runs: element-wise
+    for a, b in runs:
         matrix[a:b] = values[starts[a] : starts[a] + (b - a) * dim].reshape(b - a, dim)
     odd = np.flatnonzero((whole == 0) & (sizes > 0))  # padded or truncated rows, element by element
     keep = np.minimum(sizes[odd], dim)  # (M,)

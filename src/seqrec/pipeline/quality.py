@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,21 @@ def read_clean_tables(clean_root: str) -> dict[str, pd.DataFrame]:
     return {p.stem: io.read_table(p) for p in sorted(Path(clean_root).glob("*.parquet"))}
 
 
-@functools.lru_cache(maxsize=4)
+_REFERENCES = threading.Lock()
+
+
 def references_of(root: str, domains: tuple[str, ...]):
-    """Return the raw catalogue's item ids and brand ids, for referential checks (cached per root)."""
+    """Return the raw catalogue's item ids and brand ids, for referential checks: built once per root and catalogue
+    files (a long-lived Dask worker sees a changed catalogue), by one thread while the others wait for it."""
+    base = Path(root)
+    files = sorted(f for f in [base / d / "items.pq" for d in domains] + [base / "brands.pq"] if f.is_file())
+    with _REFERENCES:
+        return build_references_of(root, domains, io.fingerprint_files(files))
+
+
+@functools.lru_cache(maxsize=4)
+def build_references_of(root: str, domains: tuple[str, ...], fingerprint: str):
+    """Return the references of ``references_of`` (``fingerprint``: of the catalogue files, the cache key)."""
     from seqrec.quality.validate import build_references
     from seqrec.data.reader import read_table_safe
 

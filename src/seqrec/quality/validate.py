@@ -74,13 +74,20 @@ class References:
 
     items: dict[str, pd.Index] = field(default_factory=dict)
     brands: pd.Index | None = None
-    _arrow: dict[str, "pa.Array"] = field(default_factory=dict, compare=False, repr=False)
+    _arrow: dict[str, "pa.Array | pd.Index"] = field(default_factory=dict, compare=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
-    def arrow_set(self, name: str, known: Callable[[], pd.Index]) -> "pa.Array":
-        """Return the reference set ``known()`` (named ``name``) as an Arrow array, built once per set."""
-        if name not in self._arrow:
-            self._arrow[name] = pa.array(known(), from_pandas=True)
-        return self._arrow[name]
+    def arrow_set(self, name: str, known: Callable[[], pd.Index]) -> "pa.Array | pd.Index":
+        """Return the reference set ``known()`` (named ``name``) as an Arrow array, built once per set by one thread
+        (the Index itself when Arrow cannot hold its values, e.g. mixed types: pandas then compares)."""
+        with self._lock:
+            if name not in self._arrow:
+                index = known()
+                try:
+                    self._arrow[name] = pa.array(index, from_pandas=True)
+                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    self._arrow[name] = index
+            return self._arrow[name]
 
 
 @dataclass(frozen=True)
@@ -154,9 +161,11 @@ def measure_embedding_len(df: pd.DataFrame, stage: Stage) -> pd.Series | None:
 LARGE_SET = 100_000  # reference sets above this many ids are looked up in the column's distinct values
 
 
-def is_in(values: pd.Series, known: "pa.Array") -> np.ndarray:
+def is_in(values: pd.Series, known: "pa.Array | pd.Index") -> np.ndarray:
     """Return where ``values`` are in ``known`` (a null never is), computed by Arrow: pandas' ``isin`` on Arrow strings
     turns the whole reference set (millions of catalogue ids) into Python objects on every call."""
+    if isinstance(known, pd.Index):
+        return values.isin(known).to_numpy()
     try:
         column = pa.array(values, from_pandas=True)
         if isinstance(column, pa.ChunkedArray):
@@ -167,14 +176,13 @@ def is_in(values: pd.Series, known: "pa.Array") -> np.ndarray:
             raise pa.ArrowTypeError(f"{known.type} ids, {column.type} values")  # "1" is not 1 to pandas either
         value_set = known if known.type == column.type else known.cast(column.type)
         if len(value_set) <= LARGE_SET:
-            return pc.is_in(column, value_set=value_set).to_numpy(zero_copy_only=False)
+            return pc.is_in(column, value_set=value_set, skip_nulls=True).to_numpy(zero_copy_only=False)
         # a large set (a catalogue of millions): Arrow would hash all of it on every call; hash the column's distinct
         # values instead and look the set up in them (3.6M ids, 1.4M rows: 0.31 s instead of 1.18 s)
         encoded = pc.dictionary_encode(column)
-        found = np.zeros(len(encoded.dictionary), dtype=bool)
+        found = np.zeros(len(encoded.dictionary) + 1, dtype=bool)  # the last slot: null rows (never members)
         found[pc.index_in(value_set, value_set=encoded.dictionary).drop_null().to_numpy()] = True
-        codes = encoded.indices
-        return found[codes.fill_null(0).to_numpy()] & codes.is_valid().to_numpy(zero_copy_only=False)
+        return found[encoded.indices.fill_null(len(encoded.dictionary)).to_numpy()]
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):  # mixed or mismatched types: pandas' rule
         return values.isin(known.to_pandas()).to_numpy()
 
@@ -186,7 +194,7 @@ def kind(dtype: "pa.DataType") -> str:
     return "number" if pa.types.is_integer(dtype) or pa.types.is_floating(dtype) else str(dtype)
 
 
-def flag_membership(values: pd.Series, known: "pa.Array", judge: pd.Series | None = None) -> pd.Series:
+def flag_membership(values: pd.Series, known: "pa.Array | pd.Index", judge: pd.Series | None = None) -> pd.Series:
     """Return a nullable boolean: value in ``known``, null where ``judge`` is False (not judged)."""
     flags = pd.Series(is_in(values, known), index=values.index, dtype="boolean")
     return flags if judge is None else flags.mask(~judge.to_numpy())
