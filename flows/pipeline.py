@@ -16,7 +16,7 @@ from seqrec.config import SeqrecConfig
 from seqrec.models.factory import model_section
 from seqrec.pipeline.models import embeddings_for
 from seqrec.pipeline.features import fingerprint_sessions
-from seqrec.pipeline.quality import fingerprint_raw_tables
+from seqrec.pipeline.quality import fingerprint_catalogue, fingerprint_raw_tables
 from seqrec.pipeline.runlock import run_lock
 from tasks import data as D
 from tasks import features as F
@@ -46,11 +46,11 @@ def ingest_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
 def quality_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Validate the raw tables and every raw event day partition (in parallel): findings, not gates."""
     code, out, root = code_version(), stage_dir(config, "quality"), ingested["root"]
-    fp = fingerprint_raw_tables(root)
+    fp, catalogue = fingerprint_raw_tables(root), fingerprint_catalogue(root, config.data.domains)
     tables = bind(Q.validate_tables, config).submit(root, fp, "raw", config.quality, config.cleaning, config.data, out,
                                                     code)  # beside the days
     days = [bind(Q.validate_events_day, config).submit(d, "raw", config.quality, config.cleaning, out, code, root,
-                                                       config.data.domains, fp) for d in ingested["days"]]
+                                                       config.data.domains, catalogue) for d in ingested["days"]]
     return {"days": [d.result() for d in days], "tables": tables.result()}
 
 
@@ -58,7 +58,7 @@ def quality_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
 def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
     """Clean every event day partition and the other tables, gate on the cleaned suites, write the report."""
     code, out, qdir, root = code_version(), stage_dir(config, "clean"), stage_dir(config, "quality"), ingested["root"]
-    fp = fingerprint_raw_tables(root)
+    fp, catalogue = fingerprint_raw_tables(root), fingerprint_catalogue(root, config.data.domains)
     cleaning = bind(Q.clean_tables, config).submit(root, fp, config.cleaning, config.data, out, code)  # beside the days
     futures = [bind(Q.clean_events_day, config).submit(d, config.cleaning, out, code) for d in ingested["days"]]
     tables = cleaning.result()
@@ -66,7 +66,7 @@ def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
                                                      config.data, qdir, code, root)
     days = [f.result() for f in futures]
     gates = [bind(Q.validate_events_day, config).submit(d, "cleaned", config.quality, config.cleaning, qdir, code, root,
-                                                        config.data.domains, fp) for d in days]
+                                                        config.data.domains, catalogue) for d in days]
     cleaned = {"days": days, "tables": tables, "gates": [g.result() for g in gates], "checked_tables": checked.result()}
     cleaned["report"] = Q.write_quality_report(qdir, cleaned, stage_dir(config, "reports"))
     Q.check_cleaned_gate(cleaned["gates"] + [cleaned["checked_tables"]], config.quality)  # after the report, which shows what failed

@@ -12,9 +12,9 @@ from tasks.common import CACHE, IO_RETRIES
 
 @task(name="validate_events_day", **CACHE, task_run_name="validate_events_day-{stage}-{day[day]}")
 def validate_events_day(day: dict, stage: str, quality: QualityConfig, cleaning: CleaningConfig, out_dir: str, code: str,
-                        raw_root: str | None = None, domains: tuple[str, ...] = ("marketplace",), tables: str = "") -> dict:
-    """Return the check summary of one event day partition (raw: findings; cleaned: gate); ``tables``: the raw tables'
-    fingerprint, so a changed catalogue (the referential checks' reference) is not a cache hit."""
+                        raw_root: str | None = None, domains: tuple[str, ...] = ("marketplace",), catalogue: str = "") -> dict:
+    """Return the check summary of one event day partition (raw: findings; cleaned: gate); ``catalogue``: the catalogue
+    files' fingerprint, so a changed catalogue (the referential checks' reference) is not a cache hit."""
     return SQ.validate_events_day(day, stage, quality, cleaning, out_dir, raw_root, domains)
 
 

@@ -88,18 +88,15 @@ def two_workers(tmp_path: Path, env: dict) -> Iterator[tuple[str, dict[str, subp
         yield address, workers
 
 
-def executing(dask_worker) -> list[str]:
-    """Return the keys of the tasks this worker is running now (run on each worker through ``Client.run``)."""
-    return [str(key) for key in dask_worker.state.executing]
-
-
 def kill_worker_running(client, prefix: str, workers: dict[str, subprocess.Popen], killed: list,
                         stop: threading.Event) -> None:
     """Kill (SIGKILL) the first worker seen executing a task whose key starts with ``prefix``; note its name."""
     names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
     while not stop.is_set():
         with contextlib.suppress(Exception):  # a worker that just died does not answer
-            for address, keys in client.run(executing, on_error="ignore").items():
+            # a lambda travels by value: the workers cannot import this test module
+            running = client.run(lambda dask_worker: [str(ts.key) for ts in dask_worker.state.executing], on_error="ignore")
+            for address, keys in running.items():
                 if any(k.startswith(prefix) for k in keys):
                     workers[names[address]].kill()
                     killed.append(names[address])

@@ -71,13 +71,18 @@ def read_clean_tables(clean_root: str) -> dict[str, pd.DataFrame]:
 _REFERENCES = threading.Lock()
 
 
+def fingerprint_catalogue(root: str, domains: tuple[str, ...]) -> str:
+    """Return a fingerprint (names, sizes, mtimes) of the catalogue files the referential checks read."""
+    base = Path(root)
+    return io.fingerprint_files(sorted(f for f in [base / d / "items.pq" for d in domains] + [base / "brands.pq"]
+                                       if f.is_file()))
+
+
 def references_of(root: str, domains: tuple[str, ...]):
     """Return the raw catalogue's item ids and brand ids, for referential checks: built once per root and catalogue
     files (a long-lived Dask worker sees a changed catalogue), by one thread while the others wait for it."""
-    base = Path(root)
-    files = sorted(f for f in [base / d / "items.pq" for d in domains] + [base / "brands.pq"] if f.is_file())
     with _REFERENCES:
-        return build_references_of(root, domains, io.fingerprint_files(files))
+        return build_references_of(root, domains, fingerprint_catalogue(root, domains))
 
 
 @functools.lru_cache(maxsize=4)
