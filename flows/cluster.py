@@ -50,7 +50,7 @@ def worker_view(run_dir: str) -> dict:
             "code": code_version()}
 
 
-def check_workers(address: str, run_dir: Path) -> None:
+def check_workers(address: str, run_dir: Path, timeout_s: float = 30) -> None:
     """Raise ConfigError unless every worker of the scheduler at ``address`` sees the run directory (shared storage),
     reports to this flow's Prefect API and runs the same seqrec code (results are cached under the flow's version)."""
     from distributed import Client
@@ -59,7 +59,11 @@ def check_workers(address: str, run_dir: Path) -> None:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     want = {"run_dir": True, "api": prefect_api_url(), "code": code_version()}
-    with Client(address, timeout=30) as client:
+    try:
+        client = Client(address, timeout=timeout_s)
+    except (OSError, TimeoutError) as err:
+        raise ConfigError(f"config key 'data.dask_address' = '{address}': no Dask scheduler answers there ({err})") from err
+    with client:
         seen = client.run(worker_view, str(run_dir.resolve()))
     if not seen:
         raise ConfigError(f"config key 'data.dask_address' = '{address}': the scheduler has no workers")

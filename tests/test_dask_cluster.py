@@ -197,3 +197,12 @@ def test_workers_that_report_elsewhere_are_refused_before_any_work(prefect_harne
                       env={"PREFECT_API_URL": ""}) as cluster:
         with pytest.raises(ConfigError, match=r"data.dask_address.*worker tcp://127\.0\.0\.1:\d+ reports to another Prefect API"):
             check_workers(cluster.scheduler_address, tmp_path / "run")
+
+
+def test_a_scheduler_that_does_not_answer_is_a_config_error(prefect_harness, tmp_path):
+    from flows.cluster import check_workers
+    from seqrec.config import ConfigError
+
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(ConfigError, match=rf"data.dask_address' = '{address}': no Dask scheduler answers there"):
+        check_workers(address, tmp_path / "run", timeout_s=2)
