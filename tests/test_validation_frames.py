@@ -28,11 +28,11 @@ def test_arrow_membership_equals_pandas_isin(values, known):
 
 
 def test_reference_sets_are_converted_once():
-    refs = References(items={"marketplace": pd.Index(["i1", "i2"])})
-    calls = []
-    build = lambda: calls.append(1) or refs.items["marketplace"]  # noqa: E731
-    first = refs.arrow_set("items.marketplace", build)
-    assert refs.arrow_set("items.marketplace", build) is first and len(calls) == 1
+    refs = References(items={"marketplace": pd.Index(["i1", "i2"]), "retail": pd.Index(["r1"])},
+                      brands=pd.Index([1, 2]))
+    first = refs.arrow_set("items.marketplace")
+    assert refs.arrow_set("items.marketplace") is first and first.to_pylist() == ["i1", "i2"]
+    assert refs.arrow_set("items").to_pylist() == ["i1", "i2", "r1"] and refs.arrow_set("brands").to_pylist() == [1, 2]
 
 
 def test_day_file_split_by_domain_equals_a_group_by(tmp_path):
@@ -88,7 +88,7 @@ def test_large_reference_sets_with_null_empty_and_categorical_columns():
 def test_mixed_type_references_fall_back_to_pandas():
     mixed = pd.Index(["a", 1, 2.5], dtype=object)
     refs = References(items={"marketplace": mixed})
-    known = refs.arrow_set("items.marketplace", lambda: mixed)
+    known = refs.arrow_set("items.marketplace")
     values = pd.Series(["a", 1, "b"], dtype=object)
     assert is_in(values, known).tolist() == values.isin(mixed).tolist() == [True, True, False]
 

@@ -177,7 +177,6 @@ def make_dask_client(cfg: DataConfig) -> "distributed.Client":
 def in_dask_worker() -> bool:
     """Return whether this code runs inside a Dask worker (a task the flows sent to the cluster)."""
     from distributed import get_worker
-
     try:
         return get_worker() is not None
     except ValueError:
@@ -295,12 +294,13 @@ def repair_embeddings(column: pa.ChunkedArray | pa.Array, dim: int | None) -> tu
     values = pc.list_flatten(arr).cast(pa.float32()).to_numpy(zero_copy_only=False)  # (sum(sizes),)
     starts = np.cumsum(sizes) - sizes  # (N,) where each row begins in ``values``
     matrix = np.zeros((len(sizes), dim), dtype=np.float32)  # (N, dim)
-    whole = (sizes == dim).astype(np.int8)  # rows of the right length: copied a run of rows at a time
+    whole = sizes == dim  # rows of the right length: copied a run of rows at a time
     runs = np.flatnonzero(np.diff(np.concatenate([[0], whole, [0]]))).reshape(-1, 2)  # (R, 2) [first, end) rows
-    whole[:], runs = (0, runs[:0]) if len(runs) > len(sizes) // 32 else (whole, runs)  # short runs: element-wise
+    if len(runs) > len(sizes) // 32:  # short runs (odd rows everywhere): every row element by element
+        whole, runs = np.zeros_like(whole), runs[:0]
     for a, b in runs:
         matrix[a:b] = values[starts[a] : starts[a] + (b - a) * dim].reshape(b - a, dim)
-    odd = np.flatnonzero((whole == 0) & (sizes > 0))  # padded or truncated rows, element by element
+    odd = np.flatnonzero(~whole & (sizes > 0))  # padded or truncated rows, element by element
     keep = np.minimum(sizes[odd], dim)  # (M,)
     cols = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)  # (K,) position inside row
     matrix[np.repeat(odd, keep), cols] = values[np.repeat(starts[odd], keep) + cols]

@@ -13,7 +13,7 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -77,12 +77,18 @@ class References:
     _arrow: dict[str, "pa.Array | pd.Index"] = field(default_factory=dict, compare=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
-    def arrow_set(self, name: str, known: Callable[[], pd.Index]) -> "pa.Array | pd.Index":
-        """Return the reference set ``known()`` (named ``name``) as an Arrow array, built once per set by one thread
+    def index_of(self, name: str) -> pd.Index:
+        """Return the reference set ``name``: ``items.<domain>``, ``items`` (every domain's) or ``brands``."""
+        if name == "items":
+            return pd.Index(np.concatenate([i.to_numpy() for i in self.items.values()]))
+        return self.brands if name == "brands" else self.items[name.split(".", 1)[1]]
+
+    def arrow_set(self, name: str) -> "pa.Array | pd.Index":
+        """Return the reference set ``name`` (see ``index_of``) as an Arrow array, built once per set by one thread
         (the Index itself when Arrow cannot hold its values, e.g. mixed types: pandas then compares)."""
         with self._lock:
             if name not in self._arrow:
-                index = known()
+                index = self.index_of(name)
                 try:
                     self._arrow[name] = pa.array(index, from_pandas=True)
                 except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -211,19 +217,18 @@ def add_reference_columns(out: pd.DataFrame, table: str, refs: References | None
     family, domain = S.family_of(table), S.domain_of(table)
     if family == "events":
         if refs is not None and domain in refs.items:
-            out[S.ITEM_KNOWN] = flag_membership(out[C.ITEM], refs.arrow_set(f"items.{domain}", lambda: refs.items[domain]))
+            out[S.ITEM_KNOWN] = flag_membership(out[C.ITEM], refs.arrow_set(f"items.{domain}"))
         else:
             skipped[S.ITEM_KNOWN] = f"no items.{domain} catalogue given"
     if "brand_id" in out and family != "brands":
         if refs is not None and refs.brands is not None:
-            out[S.BRAND_KNOWN] = flag_membership(out["brand_id"], refs.arrow_set("brands", lambda: refs.brands),
+            out[S.BRAND_KNOWN] = flag_membership(out["brand_id"], refs.arrow_set("brands"),
                                                  brand_judged(out["brand_id"]))
         else:
             skipped[S.BRAND_KNOWN] = "no brands table given"
     if family == "receipts":
         if refs is not None and refs.items:
-            every = refs.arrow_set("items", lambda: pd.Index(np.concatenate([i.to_numpy() for i in refs.items.values()])))
-            out[S.LINKED] = flag_membership(out["approximate_item_id"], every)
+            out[S.LINKED] = flag_membership(out["approximate_item_id"], refs.arrow_set("items"))
         else:
             skipped[S.LINKED] = "no item catalogue given"
 
