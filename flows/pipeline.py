@@ -74,16 +74,17 @@ def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
 
 
 @flow(name="features", log_prints=True)
-def features_flow(cleaned: dict, root: str, config: SeqrecConfig = SeqrecConfig()) -> dict:
-    """Build sessions, the item co-occurrence graph and (optionally) InfoNCE item embeddings."""
+def features_flow(cleaned: dict, root: str, config: SeqrecConfig = SeqrecConfig(), address: str | None = None) -> dict:
+    """Build sessions, the item co-occurrence graph and (optionally) InfoNCE item embeddings (``address``: the Dask
+    scheduler whose workers run the sessions' days and buckets and the graph's parts and buckets)."""
     code, f = code_version(), config.features
     days = cleaned["days"]
     sessions = bind(F.sessionize_events, config)([d["path"] for d in days], [d["fingerprint"] for d in days],
-                                                 f.sessions, stage_dir(config, "features/sessions"), code)
+                                                 f.sessions, stage_dir(config, "features/sessions"), code, address)
     out = {"sessions": sessions, "fingerprint": fingerprint_sessions(days, f.sessions)}
     if f.build_graph:
         out["graph"] = bind(F.build_item_graph, config)(sessions["sessions"], out["fingerprint"], root, f.graph, config.data,
-                                                        stage_dir(config, "features/graph"), code)
+                                                        stage_dir(config, "features/graph"), code, address)
     if f.build_graph and f.build_embeddings:
         out["embeddings"] = bind(F.train_item_embeddings, config)(out["graph"], f.embeddings, config.training,
                                                                   stage_dir(config, "features/embeddings"), code)
@@ -124,8 +125,8 @@ def pipeline_flow(config: SeqrecConfig = SeqrecConfig()) -> dict:
 
 
 def data_flows(config: SeqrecConfig, through: Literal["quality", "features"] = "features") -> dict:
-    """Run ingest, quality, clean and features (stopping after ``through``), the per-day tasks on the Dask cluster the
-    config names (``flows.cluster``; a local one is stopped before the features); return each stage's result by name."""
+    """Run ingest, quality, clean and features (stopping after ``through``), the per-day tasks, the sessions' and the
+    graph's buckets on the Dask cluster the config names (``flows.cluster``); return each stage's result by name."""
     if through not in ("quality", "features"):
         raise ValueError(f"data_flows: through={through!r}, expected 'quality' or 'features'")
     with day_cluster(config) as address:
@@ -134,7 +135,7 @@ def data_flows(config: SeqrecConfig, through: Literal["quality", "features"] = "
         if through == "quality":
             return {"ingested": ingested, "quality": quality}
         cleaned = on_cluster(clean_flow, address)(ingested=ingested, config=config)
-    features = features_flow(cleaned=cleaned, root=ingested["root"], config=config)
+        features = features_flow(cleaned=cleaned, root=ingested["root"], config=config, address=address)
     return {"ingested": ingested, "quality": quality, "cleaned": cleaned, "features": features}
 
 

@@ -14,6 +14,9 @@ from seqrec.config import SeqrecConfig
 
 # Cache on the task's inputs (data fingerprints, config sections, code version) and its source.
 CACHE = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
+# The same, for tasks told where to run their work (``address``: a Dask scheduler, or None for this process): the
+# result does not depend on it, and a local cluster's address changes with every run.
+CACHE_ANYWHERE = {"cache_policy": (INPUTS - "address") + TASK_SOURCE, "persist_result": True}
 # Errors that retrying cannot mend although they are OSErrors: the file is not there or not readable.
 PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 

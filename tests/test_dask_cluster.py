@@ -115,8 +115,9 @@ def pipeline_outputs(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_pipeline_on_two_worker_processes_equals_local_and_survives_a_dead_worker(tmp_path, prefect_harness):
-    """The per-day tasks of the pipeline run on a real scheduler's two worker processes; one worker is killed while
-    it cleans a day: Dask runs that task again on the other, and every output equals the local run's."""
+    """The per-day tasks of the pipeline, the sessions' days and buckets and the graph's parts and buckets run on a
+    real scheduler's two worker processes; one worker is killed while it cleans a day: Dask runs that task again on
+    the other, and every output equals the local run's."""
     from distributed import Client
     from prefect.settings import get_current_settings
 
@@ -144,11 +145,14 @@ def test_pipeline_on_two_worker_processes_equals_local_and_survives_a_dead_worke
             stop.set()
             killer.join(timeout=10)
         names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
-        ran = {(rec["key"].split("-")[0], rec["worker"]) for rec in client.get_task_stream()}
+        stream = client.get_task_stream()
+        ran = {(rec["key"].split("-")[0], rec["worker"]) for rec in stream}
+        mapped = {rec["key"].rsplit("-", 2)[0] for rec in stream}  # seqrec.parallel's tasks: name-index-token
     assert killed, "no clean_events_day task was seen executing"
     assert {key for key, _ in ran} >= {"ingest_day", "validate_events_day", "clean_events_day", "validate_tables",
                                        "clean_tables"}  # the day and table tasks all ran on the workers
     assert len({w for key, w in ran if key in {"ingest_day", "validate_events_day"}}) == 2  # both workers took days
+    assert mapped >= {"index-day", "spill-day", "finish-bucket", "spill-part", "aggregate-bucket"}  # sessions, graph
     survivor = [a for a, n in names.items() if n not in killed]
     assert len(survivor) == 1 and ("clean_events_day", survivor[0]) in ran  # the other worker cleaned days
     assert remote["metrics"] == local["metrics"]

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -60,6 +61,33 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
         raise OutputError(f"cannot write {dest}: {err.strerror or err}") from err
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: Path | str) -> Iterator[Path]:
+    """Yield a new empty folder beside ``dest``; put it in ``dest``'s place (a file or folder there is removed) if the
+    block succeeds, else remove it. Readers see the old output or the whole new one, never a part of it."""
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    except OSError as err:
+        raise OutputError(f"cannot write {dest}: {err.strerror or err}") from err
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
+        old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
+        if dest.exists() or dest.is_symlink():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink(missing_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot write {dest}: {err.strerror or err}") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_table(table: pa.Table | pd.DataFrame, dest: Path | str, **kwargs: Any) -> Path:

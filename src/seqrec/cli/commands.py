@@ -254,16 +254,17 @@ def cmd_clean(args: argparse.Namespace) -> dict:
 
 
 def cmd_features(args: argparse.Namespace) -> dict:
-    """Build sessions, the co-occurrence graph and item embeddings from canonical events."""
+    """Build sessions, the co-occurrence graph and item embeddings from canonical events (the sessions' and the graph's
+    buckets on the workers of ``data.dask_address``, when set)."""
     from seqrec.pipeline import features as stage
 
     cfg = config_from(args)
-    out = Path(args.out)
-    sessions = stage.sessionize_events([str(p) for p in args.events], cfg.features.sessions, str(out / "sessions"))
+    out, address = Path(args.out), cfg.data.dask_address
+    sessions = stage.sessionize_events([str(p) for p in args.events], cfg.features.sessions, str(out / "sessions"), address)
     result: dict[str, Any] = {"sessions": sessions}
     if cfg.features.build_graph:
         result["graph"] = stage.build_item_graph(sessions["sessions"], str(args.root or ""), cfg.features.graph,
-                                                  str(out / "graph"), cfg.data)
+                                                  str(out / "graph"), cfg.data, address)
         if cfg.features.build_embeddings:
             result["embeddings"] = stage.train_item_embeddings(result["graph"], cfg.features.embeddings, cfg.training,
                                                                 str(out / "embeddings"))

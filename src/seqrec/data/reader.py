@@ -30,6 +30,7 @@ from seqrec import columns as C
 from seqrec.config import DataConfig
 from seqrec.data.schemas import EVENT_SOURCE_COLUMNS, PartitionError, canonical_events, check_event_schema, to_int64
 from seqrec.io import fingerprint_files
+from seqrec.parallel import in_dask_worker
 
 if TYPE_CHECKING:
     import distributed
@@ -172,15 +173,6 @@ def make_dask_client(cfg: DataConfig) -> "distributed.Client":
         dashboard_address="127.0.0.1:0",
         local_directory=dask.config.get("temporary-directory", None),  # DASK_TEMPORARY_DIRECTORY
     )
-
-
-def in_dask_worker() -> bool:
-    """Return whether this code runs inside a Dask worker (a task the flows sent to the cluster)."""
-    from distributed import get_worker
-    try:
-        return get_worker() is not None
-    except ValueError:
-        return False
 
 
 def compute_all(tasks: list, cfg: DataConfig, client: "distributed.Client | None") -> list:

@@ -20,7 +20,9 @@ import pyarrow.parquet as pq
 
 from seqrec import columns as C
 from seqrec.config import GraphConfig
-from seqrec.io import read_table, write_table
+from seqrec.features.sessions_stream import PARTS_MANIFEST
+from seqrec.io import read_json, read_table, write_table
+from seqrec.parallel import Mapper, serial_map
 from seqrec.sequences import PAD, ItemVocab, distinct_items
 
 TRANSACTION = "transaction_hash"
@@ -219,14 +221,29 @@ def iter_file_chunks(path: Path, vocab: ItemVocab, chunk_events: int) -> Iterato
         yield done_keys, done_items
 
 
-def spill_coview(chunks: Iterator[tuple[np.ndarray, np.ndarray]], cfg: GraphConfig, spill_dir: Path) -> dict[str, int]:
-    """Count co-view pairs chunk by chunk into bucket files; return counts."""
+def spill_coview(chunks: Iterator[tuple[np.ndarray, np.ndarray]], cfg: GraphConfig, spill_dir: Path,
+                 prefix: str = "coview") -> dict[str, int]:
+    """Count co-view pairs chunk by chunk into bucket files (named ``prefix-NNNNNN``); return counts."""
     n_chunks = self_pairs = events = 0
     for keys, items in chunks:
         pairs, n_self = count_coview_pairs(keys, items, cfg)
-        spill_pairs(pairs, spill_dir, f"coview-{n_chunks:06d}", cfg.buckets)
+        spill_pairs(pairs, spill_dir, f"{prefix}-{n_chunks:06d}", cfg.buckets)
         n_chunks, self_pairs, events = n_chunks + 1, self_pairs + n_self, events + len(keys)
     return {"session_events": events, "coview_chunks": n_chunks, "coview_self_pairs_skipped": self_pairs}
+
+
+def spill_part(part: tuple[int, str], vocab: ItemVocab, cfg: GraphConfig, spill_dir: str) -> dict[str, int]:
+    """Spill the co-view pairs of one sessions part file ``(i, path)`` that holds whole sessions (a task)."""
+    i, path = part
+    return spill_coview(iter_file_chunks(Path(path), vocab, cfg.chunk_events), cfg, Path(spill_dir), f"coview-{i:05d}")
+
+
+def whole_session_parts(sessions: pd.DataFrame | Path) -> list[str] | None:
+    """Return the part files of a sessions folder whose manifest says each part holds whole sessions (the sessionize
+    stage's output), else None."""
+    if isinstance(sessions, pd.DataFrame) or not (sessions / PARTS_MANIFEST).is_file():
+        return None
+    return session_files(sessions) if read_json(sessions / PARTS_MANIFEST).get("whole_sessions") else None
 
 
 def link_receipts(receipts: pd.DataFrame, catalogue: pd.Index, cfg: GraphConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -290,13 +307,19 @@ def viewed_items(sessions: pd.DataFrame | Path) -> pd.Series:
     return distinct_items(read_table(session_files(sessions), columns=[C.ITEM], categorical=[C.ITEM])[C.ITEM]).astype(str)
 
 
-def spill_sessions(sessions: pd.DataFrame | Path, vocab: ItemVocab, cfg: GraphConfig, spill_dir: Path) -> dict[str, int]:
+def spill_sessions(sessions: pd.DataFrame | Path, vocab: ItemVocab, cfg: GraphConfig, spill_dir: Path,
+                   mapper: Mapper = serial_map) -> dict[str, int]:
     """Spill the co-view pairs of ``sessions`` into ``spill_dir``'s buckets; return the pair counts.
 
-    A file that is not grouped by session cannot be streamed: it is read whole instead (same graph).
+    The parts of a folder that holds whole sessions per part are counted as one task each (``mapper``). A file
+    that is not grouped by session cannot be streamed: it is read whole instead (same graph).
     """
     try:
-        return spill_coview(session_chunks(sessions, vocab, cfg), cfg, spill_dir)
+        parts = whole_session_parts(sessions)
+        if parts is None:
+            return spill_coview(session_chunks(sessions, vocab, cfg), cfg, spill_dir)
+        counts = mapper(spill_part, list(enumerate(parts)), vocab=vocab, cfg=cfg, spill_dir=str(spill_dir))
+        return {k: sum(c[k] for c in counts) for k in ("session_events", "coview_chunks", "coview_self_pairs_skipped")}
     except SessionOrderError as err:
         log.warning("%s; reading the sessions whole instead of streaming them", err)
         reset_dir(spill_dir)

@@ -14,11 +14,12 @@ co-view pairs + baskets; edges with ``count < min_count`` are pruned and kept un
 
 Out of core: pairs are counted per chunk of about ``chunk_events`` session events (or
 basket lines), pre-aggregated, and hash-partitioned on the edge into ``buckets`` parquet
-files under ``workdir/_pairs``; buckets are then aggregated one at a time, so peak memory
-is one chunk's pairs or one bucket's distinct edges, never all pairs at once. Given a
-sessions parquet file whose sessions are contiguous runs in time order (the sessionize
-stage's output), the session rows are streamed ``chunk_events`` at a time as well; any
-other file is read whole. Kept edges are held as compact numeric columns (32 bytes per
+files under ``workdir/_pairs``; buckets are then aggregated one per task, so peak memory
+is one chunk's pairs or one bucket's distinct edges per task, never all pairs at once. Given a
+sessions parquet file (or folder) whose sessions are contiguous runs in time order (the
+sessionize stage's output), the session rows are streamed ``chunk_events`` at a time as well,
+a task per part when each part holds whole sessions; any other file is read whole. Tasks run
+through a mapper (``seqrec.parallel``): in this process, or as Dask tasks on a cluster. Kept edges are held as compact numeric columns (32 bytes per
 edge), ``edges.pq`` is written a slice at a time with item ids taken by Arrow, and the
 matrix is built with 32-bit indices; the returned graph reads ``edges.pq`` on demand.
 """
@@ -46,6 +47,7 @@ from seqrec.config import GraphConfig  # noqa: E402
 from seqrec.features.cooccurrence import (  # noqa: E402
     PAIR_COLUMNS, PAIR_DTYPES, count_receipts, link_receipts, reset_dir, spill_copurchase, spill_sessions, viewed_items,
 )
+from seqrec.parallel import Mapper, serial_map  # noqa: E402
 from seqrec.io import atomic_path, read_json, read_table, write_figure, write_json, write_table  # noqa: E402
 from seqrec.sequences import ItemVocab  # noqa: E402
 
@@ -102,26 +104,37 @@ def vocab_ids(vocab: ItemVocab) -> pa.Array:
     return pa.array(vocab.ids, pa.string())
 
 
-def aggregate_buckets(spill_dir: Path, vocab: ItemVocab, cfg: GraphConfig, workdir: Path) -> tuple[pd.DataFrame, int]:
-    """Return (kept per-edge sums sorted by key, pruned count), one bucket in memory at a time.
+def aggregate_bucket(bucket_dir: str, ids: pa.Array, cfg: GraphConfig, workdir: str) -> int:
+    """Sum one pair bucket per edge (a task): write its pruned edges to ``workdir/pruned_edges/<bucket>.pq`` and its
+    kept sums (32 bytes per edge) to ``<bucket>.npz`` beside the bucket folder; return the pruned count."""
+    folder = Path(bucket_dir)
+    sums = read_table(folder).groupby("key", sort=False)[PAIR_COLUMNS].sum().reset_index()
+    low = (sums["n_coview"] + sums["copurchase"]).to_numpy() < cfg.min_count
+    if low.any():
+        edges = edge_table(sums[low], ids, cfg)
+        edges = edges.append_column(C.REASON, pa.array(np.full(edges.num_rows, "min_count"), pa.string()))
+        write_table(edges, Path(workdir) / "pruned_edges" / f"{folder.name}.pq")
+    kept = {col: sums[col].to_numpy()[~low].astype(PAIR_DTYPES.get(col, np.int64)) for col in ["key", *PAIR_COLUMNS]}
+    with atomic_path(folder.with_name(f"{folder.name}.npz")) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **kept)
+    return int(low.sum())
 
-    Pruned edges are written to ``workdir/pruned_edges/<bucket>.pq`` with their reason. The
-    kept sums are gathered column by column (32 bytes per edge) and sorted through one
-    argsort, so the peak is about twice the kept sums, not a frame concatenation and sort.
+
+def aggregate_buckets(spill_dir: Path, vocab: ItemVocab, cfg: GraphConfig, workdir: Path,
+                      mapper: Mapper = serial_map) -> tuple[pd.DataFrame, int]:
+    """Return (kept per-edge sums sorted by key, pruned count), a bucket per task (``mapper``).
+
+    Each task holds one bucket's distinct edges. The kept sums are gathered column by column
+    (32 bytes per edge) and sorted through one argsort, so the peak here is about twice the
+    kept sums, not a frame concatenation and sort.
     """
+    buckets = sorted(str(b) for b in spill_dir.glob("bucket-*") if b.is_dir())
+    pruned = sum(mapper(aggregate_bucket, buckets, ids=vocab_ids(vocab), cfg=cfg, workdir=str(workdir)))
     kept: dict[str, list[np.ndarray]] = {"key": [np.empty(0, np.int64)]} | {c: [np.empty(0, t)] for c, t in PAIR_DTYPES.items()}
-    pruned, ids = 0, vocab_ids(vocab)
-    for bucket_dir in sorted(spill_dir.glob("bucket-*")):
-        sums = read_table(bucket_dir).groupby("key", sort=False)[PAIR_COLUMNS].sum().reset_index()
-        low = (sums["n_coview"] + sums["copurchase"]).to_numpy() < cfg.min_count
-        if low.any():
-            edges = edge_table(sums[low], ids, cfg)
-            edges = edges.append_column(C.REASON, pa.array(np.full(edges.num_rows, "min_count"), pa.string()))
-            write_table(edges, workdir / "pruned_edges" / f"{bucket_dir.name}.pq")
-        for col, parts in kept.items():
-            parts.append(sums[col].to_numpy()[~low].astype(PAIR_DTYPES.get(col, np.int64)))
-        pruned += int(low.sum())
-        del sums
+    for bucket in buckets:
+        with np.load(f"{bucket}.npz") as arrays:
+            for col, parts in kept.items():
+                parts.append(arrays[col])
     keys = np.concatenate(kept.pop("key"))
     order = np.argsort(keys, kind="stable")
     out = {"key": keys[order]}
@@ -179,18 +192,14 @@ def load_item_graph(workdir: Path | str) -> ItemGraph:
     return ItemGraph(vocab, workdir / "edges.pq", matrix, read_json(workdir / "graph_report.json"))
 
 
-def build_cooccurrence_graph(
-    sessions: pd.DataFrame | Path | str,
-    receipts: pd.DataFrame | None,
-    catalogue_items: pd.Series | None,
-    cfg: GraphConfig,
-    workdir: Path,
-) -> ItemGraph:
+def build_cooccurrence_graph(sessions: pd.DataFrame | Path | str, receipts: pd.DataFrame | None, catalogue_items: pd.Series | None,
+                             cfg: GraphConfig, workdir: Path, mapper: Mapper = serial_map) -> ItemGraph:
     """Return the item graph of co-views and co-purchases; write it and the rows it left out to workdir.
 
     ``sessions`` is a frame (SESSION, ITEM, optional TIMESTAMP) or a parquet file of one. A file
     whose sessions are contiguous runs in time order is streamed ``cfg.chunk_events`` rows at a
-    time; another file is read whole (the result is the same, the memory is not).
+    time; another file is read whole (same result, not the same memory). ``mapper`` (``seqrec.parallel``)
+    runs a task per part of the sessionize stage's folder and per pair bucket.
     """
     workdir = Path(workdir)
     sessions = sessions if isinstance(sessions, pd.DataFrame) else Path(sessions)
@@ -203,11 +212,11 @@ def build_cooccurrence_graph(
     spill_dir = reset_dir(workdir / "_pairs")
     reset_dir(workdir / "pruned_edges")
     report: dict[str, Any] = {"config": cfg.model_dump(), "vocab_items": vocab.size}
-    report.update(spill_sessions(sessions, vocab, cfg, spill_dir))
+    report.update(spill_sessions(sessions, vocab, cfg, spill_dir, mapper))
     if linked is not None:
         report.update(spill_copurchase(linked, vocab, cfg, spill_dir), **count_receipts(receipts, linked, unused))
         write_table(unused, workdir / "unused_receipt_lines.pq")
-    sums, pruned = aggregate_buckets(spill_dir, vocab, cfg, workdir)
+    sums, pruned = aggregate_buckets(spill_dir, vocab, cfg, workdir, mapper)
     shutil.rmtree(spill_dir)
     edges_path = write_edges(sums, vocab, cfg, workdir / "edges.pq")
     report.update(edges=len(sums), coview_edges=int((sums["coview"].to_numpy() > 0).sum()),
@@ -216,8 +225,7 @@ def build_cooccurrence_graph(
     matrix = build_matrix(sums, vocab.size, cfg)
     del sums
     report.update(count_coverage(matrix, vocab, catalogue))
-    graph = ItemGraph(vocab, edges_path, matrix, report)
-    write_item_graph(graph, workdir)
+    write_item_graph(graph := ItemGraph(vocab, edges_path, matrix, report), workdir)
     return graph
 
 

@@ -3,19 +3,24 @@
 
 Three passes over the cleaned day files (given in time order):
 
-1. per day, only user / timestamp / item are read: local sessions (``session_bounds``) and
-   integer item codes are kept as two small arrays per event; days are stitched and sessions
-   numbered exactly as in memory (``stitch_sessions``, ``number_sessions``);
+1. per day (a task each), only user / timestamp / item are read: local sessions
+   (``session_bounds``) and the day's item codes are written as small arrays per event; then, in
+   this process, days are stitched and sessions numbered exactly as in memory
+   (``stitch_sessions``, ``number_sessions``);
 2. the support and length filters run on those arrays alone (``np.bincount`` per round), giving
    every event its fate: kept, or removed with a reason and round;
-3. per day, the whole rows are read again, given their session id and fate, and spilled into
-   user-range buckets (``bucket_events`` rows each); then bucket by bucket (users in order) the
-   rows are sorted by user (stable, so time order holds) and appended to ``sessions.parquet``
-   (kept) and ``sessions_removed.parquet`` (removed, with REASON and ROUND).
+3. per day (a task each), the whole rows are read again, given their session id and fate, and
+   spilled into user-range buckets (``bucket_events`` rows each); then per bucket (a task each)
+   the rows are sorted by user (stable, so time order holds) and written as that bucket's part
+   of ``sessions.parquet/`` (kept) and ``sessions_removed.parquet/`` (removed, with REASON and
+   ROUND): two folders of ``part-NNNNN.parquet`` files, one per bucket, replaced as a whole.
 
-``sessions.parquet`` is therefore identical to the in-memory result: sorted by (user, timestamp,
-input order). ``sessions_removed.parquet`` holds the same rows, sorted by (user, timestamp)
-rather than by filter round.
+The tasks go through a mapper (``seqrec.parallel``): one after another here, or as Dask tasks on a
+cluster whose workers see ``out_dir``. Either way the result is the same. Read in file order (as
+pyarrow and pandas read a folder), ``sessions.parquet`` is identical to the in-memory result:
+sorted by (user, timestamp, input order); each part holds whole users, so whole sessions
+(``_parts.json`` says so, for the item graph). ``sessions_removed.parquet`` holds the same rows,
+sorted by (user, timestamp) rather than by filter round.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import pyarrow.parquet as pq
 from seqrec import columns as C
 from seqrec import io
 from seqrec.config import SessionConfig
+from seqrec.parallel import Mapper, serial_map
 from seqrec.features.sessions import (
     REASON_LENGTH,
     REASON_SUPPORT,
@@ -50,6 +56,8 @@ log = logging.getLogger(__name__)
 KEPT, SUPPORT, LENGTH = 0, 1, 2  # an event's fate
 REASONS = {SUPPORT: REASON_SUPPORT, LENGTH: REASON_LENGTH}
 _FATE, _ROUND = "_fate", "_round"
+PARTS_MANIFEST = "_parts.json"  # in a sessions folder: each part holds whole sessions
+
 
 
 @dataclass
@@ -62,19 +70,39 @@ class DayIndex:
     n_items: int
 
 
-def index_days(paths: list[Path], gap_us: int) -> DayIndex:
-    """Pass 1: read user / timestamp / item of each day; return local sessions and item codes."""
+def save_arrays(dest: Path, **arrays: np.ndarray) -> None:
+    """Write numpy arrays to ``dest`` (.npz, atomically)."""
+    with io.atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def index_day(day: tuple[int, str], gap_us: int, work: str) -> int:
+    """Pass 1 of day ``(p, path)`` (a task): write its local sessions and item codes under ``work/index``; return its rows."""
+    p, path = day
+    part = io.read_table(path, columns=[C.USER, C.TIMESTAMP, C.ITEM])
+    check_event_columns(part, str(path))
+    order, loc, sess = session_bounds(part[C.USER].to_numpy(np.int64), part[C.TIMESTAMP].to_numpy(np.int64), gap_us)
+    codes, uniques = pd.factorize(part[C.ITEM].to_numpy()[order])
+    base = Path(work) / "index"
+    io.write_table(sess, base / f"{p:05d}-sessions.parquet")
+    io.write_table(pd.DataFrame({C.ITEM: uniques}), base / f"{p:05d}-items.parquet")
+    save_arrays(base / f"{p:05d}.npz", local=loc.astype(np.int32), codes=codes.astype(np.int32))
+    log.info("sessionize pass 1: %s, %d events, %d local sessions", Path(path).name, len(part), len(sess))
+    return len(part)
+
+
+def load_index(work: Path, days: int) -> DayIndex:
+    """Return pass 1's output of ``days`` days, item codes made global (numbered in day order, as first seen)."""
     tables, local, codes, vocab = [], [], [], {}
-    for path in paths:
-        part = io.read_table(path, columns=[C.USER, C.TIMESTAMP, C.ITEM])
-        check_event_columns(part, str(path))
-        order, loc, sess = session_bounds(part[C.USER].to_numpy(np.int64), part[C.TIMESTAMP].to_numpy(np.int64), gap_us)
-        day_codes, uniques = pd.factorize(part[C.ITEM].to_numpy()[order])
+    for p in range(days):
+        base = work / "index" / f"{p:05d}"
+        with np.load(f"{base}.npz") as arrays:
+            loc, day_codes = arrays["local"], arrays["codes"]
+        uniques = io.read_table(f"{base}-items.parquet")[C.ITEM].to_numpy()
         glob = np.array([vocab.setdefault(u, len(vocab)) for u in uniques], dtype=np.int32)
-        tables.append(sess)
-        local.append(loc.astype(np.int32))
+        tables.append(io.read_table(f"{base}-sessions.parquet"))
+        local.append(loc)
         codes.append(glob[day_codes])
-        log.info("sessionize pass 1: %s, %d events, %d local sessions", path.name, len(part), len(sess))
     items = np.concatenate(codes) if codes else np.empty(0, np.int32)
     return DayIndex(tables, local, items, len(vocab))
 
@@ -140,10 +168,37 @@ def user_buckets(users: np.ndarray, tables: list[pd.DataFrame], local: list[np.n
     return np.unique(uniq[np.minimum(cuts, len(uniq) - 1)]) if len(uniq) else np.empty(0, np.int64)
 
 
-def spill_day(path: Path, p: int, gap_us: int, ids: np.ndarray, fate: np.ndarray, rounds: np.ndarray,
-              bounds: np.ndarray, work: Path) -> None:
-    """Pass 3a: write day ``p``'s rows, sorted by (user, time), with session id and fate, into user buckets."""
+def index_and_filter(paths: list[str], cfg: SessionConfig, work: Path, bucket_events: int, mapper: Mapper
+                     ) -> tuple[dict[str, Any], np.ndarray]:
+    """Passes 1 and 2: return (the counts, the user bounds of the buckets); every day's session ids and fates are
+    written to ``work/fates``."""
+    gap_us = gap_micros(cfg)
+    mapper(index_day, list(enumerate(paths)), gap_us=gap_us, work=str(work))
+    index = load_index(work, len(paths))
+    root, stitched = stitch_sessions(index.tables, gap_us)
+    final = number_sessions(index.tables, root)
+    n_sessions = int(final.max()) + 1 if len(final) else 0
+    ids = event_sessions(index, final)
+    fate, rounds, n_rounds = filter_fates(ids, index.items, n_sessions, index.n_items, cfg)
+    users = np.concatenate([t["user"].to_numpy(np.int64) for t in index.tables]) if index.tables else np.empty(0, np.int64)
+    report = count_fates(users, ids, fate, rounds, n_sessions)
+    report.update(sessions_stitched_across_partitions=stitched, filter_rounds=n_rounds)
+    bounds = user_buckets(users, index.tables, index.local, bucket_events)
+    start = 0
+    for p, loc in enumerate(index.local):
+        stop = start + len(loc)
+        save_arrays(work / "fates" / f"{p:05d}.npz", ids=ids[start:stop], fate=fate[start:stop], rounds=rounds[start:stop])
+        start = stop
+    return report, bounds
+
+
+def spill_day(day: tuple[int, str], gap_us: int, bounds: np.ndarray, work: str) -> int:
+    """Pass 3a of day ``(p, path)`` (a task): write its rows, sorted by (user, time), with session id and fate, into
+    the user buckets ``work/bucket-NNNNN/``; return its rows."""
+    p, path = day
     part = io.read_table(path)
+    with np.load(Path(work) / "fates" / f"{p:05d}.npz") as arrays:
+        ids, fate, rounds = arrays["ids"], arrays["fate"], arrays["rounds"]
     # the sort order is recomputed rather than kept from pass 1, which would hold 8 bytes per event for the whole run
     order, _, _ = session_bounds(part[C.USER].to_numpy(np.int64), part[C.TIMESTAMP].to_numpy(np.int64), gap_us)
     ordered = part.iloc[order].reset_index(drop=True)
@@ -152,85 +207,74 @@ def spill_day(path: Path, p: int, gap_us: int, ids: np.ndarray, fate: np.ndarray
     edges = np.searchsorted(bucket, np.arange(len(bounds) + 2))
     for b in range(len(bounds) + 1):
         if edges[b + 1] > edges[b]:
-            io.write_table(ordered.iloc[edges[b] : edges[b + 1]], work / f"bucket-{b:05d}" / f"{p:05d}.parquet")
+            io.write_table(ordered.iloc[edges[b] : edges[b + 1]], Path(work) / f"bucket-{b:05d}" / f"{p:05d}.parquet")
+    return len(part)
 
 
-class Appender:
-    """Appends pandas frames to one parquet file at ``path``; the first frame fixes the schema."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.writer = path, None
-
-    def append(self, frame: pd.DataFrame) -> None:
-        """Append ``frame`` (cast to the file's schema)."""
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema)
-        elif table.schema != self.writer.schema:
-            table = table.cast(self.writer.schema)
-        self.writer.write_table(table)
-
-    def close(self, empty: pd.DataFrame) -> None:
-        """Finish the file (one empty table with ``empty``'s columns if nothing was appended)."""
-        if self.writer is None:
-            self.append(empty)
-        self.writer.close()
+def day_schema(paths: list[str]) -> pa.Schema:
+    """Return the kept sessions' schema: the day files' columns (their types unified: a column all null in one day
+    takes its type from the others) plus SESSION."""
+    try:
+        schema = pa.unify_schemas([pq.read_schema(p).remove_metadata() for p in paths])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise TypeError(f"sessionize: the day files {paths[0]} ... {paths[-1]} disagree on column types: {err}") from err
+    fields = [f for f in schema if not f.name.startswith("__") and f.name != C.SESSION]
+    return pa.schema(fields + [pa.field(C.SESSION, pa.int64())])
 
 
-def write_buckets(work: Path, sessions_path: Path, removed_path: Path, columns: list[str]) -> None:
-    """Pass 3b: bucket by bucket, sort rows by user (stable) and append kept / removed rows (both files atomic)."""
-    with io.atomic_path(sessions_path) as kept_tmp, io.atomic_path(removed_path) as removed_tmp:
-        kept_out, removed_out = Appender(kept_tmp), Appender(removed_tmp)
-        for folder in sorted(work.glob("bucket-*")):
-            rows = pq.read_table(sorted(str(f) for f in folder.glob("*.parquet"))).to_pandas()
-            rows = rows.iloc[np.argsort(rows[C.USER].to_numpy(np.int64), kind="stable")].reset_index(drop=True)
-            fate, rnd = rows.pop(_FATE).to_numpy(), rows.pop(_ROUND).to_numpy()
-            kept_out.append(rows[fate == KEPT])
-            gone = rows[fate != KEPT].assign(**{C.REASON: pd.Series(fate[fate != KEPT]).map(REASONS).to_numpy(),
-                                                ROUND: rnd[fate != KEPT].astype(np.int64)})
-            removed_out.append(gone)
-            shutil.rmtree(folder)
-        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-        kept_out.close(empty.assign(**{C.SESSION: pd.Series(dtype=np.int64)}))
-        removed_out.close(empty.assign(**{C.SESSION: pd.Series(dtype=np.int64), C.REASON: pd.Series(dtype=object),
-                                          ROUND: pd.Series(dtype=np.int64)}))
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return ``table``'s columns of ``schema``, in its order and cast to its types."""
+    return table.select(schema.names).cast(schema)
+
+
+def finish_bucket(b: int, work: str, kept_dir: str, removed_dir: str, schema: pa.Schema) -> tuple[int, int]:
+    """Pass 3b of bucket ``b`` (a task): sort its rows by user (stable) and write its kept and removed parts; return
+    (kept rows, removed rows)."""
+    folder = Path(work) / f"bucket-{b:05d}"
+    spill = schema.append(pa.field(_FATE, pa.int8())).append(pa.field(_ROUND, pa.int16()))
+    tables = [conform(pq.read_table(f), spill) for f in sorted(folder.glob("*.parquet"))]
+    rows = pa.concat_tables(tables) if tables else spill.empty_table()
+    rows = rows.take(np.argsort(rows.column(C.USER).to_numpy(), kind="stable"))
+    fate, rnd = rows.column(_FATE).to_numpy(), rows.column(_ROUND).to_numpy()
+    kept, gone = rows.filter(pa.array(fate == KEPT)), rows.filter(pa.array(fate != KEPT))
+    reasons = pd.Series(fate[fate != KEPT]).map(REASONS).to_numpy(dtype=object)
+    gone = (conform(gone, schema).append_column(C.REASON, pa.array(reasons, pa.string()))
+            .append_column(ROUND, pa.array(rnd[fate != KEPT].astype(np.int64))))
+    io.write_table(conform(kept, schema), Path(kept_dir) / f"part-{b:05d}.parquet")
+    io.write_table(gone, Path(removed_dir) / f"part-{b:05d}.parquet")
+    shutil.rmtree(folder, ignore_errors=True)
+    return kept.num_rows, gone.num_rows
+
+
+def write_parts(paths: list[str], cfg: SessionConfig, work: Path, bounds: np.ndarray, out: Path, mapper: Mapper) -> None:
+    """Pass 3: spill the days into user buckets, then write each bucket's kept and removed parts; both folders are
+    put in place only when every part is written."""
+    mapper(spill_day, list(enumerate(paths)), gap_us=gap_micros(cfg), bounds=bounds, work=str(work))
+    with io.atomic_dir(out / "sessions.parquet") as kept_dir, io.atomic_dir(out / "sessions_removed.parquet") as removed_dir:
+        counts = mapper(finish_bucket, list(range(len(bounds) + 1)), work=str(work), kept_dir=str(kept_dir),
+                        removed_dir=str(removed_dir), schema=day_schema(paths))
+        io.write_json({"whole_sessions": True, "split_by": "user", "parts": len(counts),
+                       "rows": [k for k, _ in counts], "removed_rows": [r for _, r in counts]}, kept_dir / PARTS_MANIFEST)
 
 
 def sessionize_files(paths: list[str | Path], cfg: SessionConfig, out_dir: str | Path,
-                     bucket_events: int = 4_000_000) -> dict[str, Any]:
+                     bucket_events: int = 4_000_000, mapper: Mapper = serial_map) -> dict[str, Any]:
     """Sessionize day files given in time order without holding them all; write sessions and removed rows.
 
-    Returns ``{"sessions": path, "removed": path, "report": counts}``; the report has the keys of
-    ``seqrec.features.sessions.sessionize_partitions``'s plus ``buckets``.
+    Returns ``{"sessions": folder, "removed": folder, "report": counts}``; the report has the keys of
+    ``seqrec.features.sessions.sessionize_partitions``'s plus ``buckets``. ``mapper`` runs the per-day
+    and per-bucket passes (``seqrec.parallel``; its workers must see ``out_dir``).
     """
     if not paths:
         raise ValueError("sessionize_files: no day files given")
-    paths = [Path(p) for p in paths]
+    paths = [str(p) for p in paths]
     out = Path(out_dir)
-    gap_us = gap_micros(cfg)
-    index = index_days(paths, gap_us)
-    root, stitched = stitch_sessions(index.tables, gap_us)
-    final = number_sessions(index.tables, root)
-    n_sessions = int(final.max()) + 1 if len(final) else 0
-    ids = event_sessions(index, final)
-    fate, rounds, n_rounds = filter_fates(ids, index.items, n_sessions, index.n_items, cfg)
-    del index.items
-    users = np.concatenate([t["user"].to_numpy(np.int64) for t in index.tables]) if index.tables else np.empty(0, np.int64)
-    report = count_fates(users, ids, fate, rounds, n_sessions)
-    bounds = user_buckets(users, index.tables, index.local, bucket_events)
-    work = out / "_buckets"
+    work = out / "_work"
     shutil.rmtree(work, ignore_errors=True)
-    start = 0
-    for p, (path, loc) in enumerate(zip(paths, index.local)):
-        stop = start + len(loc)
-        spill_day(path, p, gap_us, ids[start:stop], fate[start:stop], rounds[start:stop], bounds, work)
-        start = stop
-    columns = [c for c in pq.read_schema(paths[0]).names if not c.startswith("__")]
-    sessions_path, removed_path = out / "sessions.parquet", out / "sessions_removed.parquet"
-    write_buckets(work, sessions_path, removed_path, columns)
+    report, bounds = index_and_filter(paths, cfg, work, bucket_events, mapper)
+    write_parts(paths, cfg, work, bounds, out, mapper)
     shutil.rmtree(work, ignore_errors=True)
-    report.update(partitions=len(paths), sessions_stitched_across_partitions=stitched, filter_rounds=n_rounds,
-                  gap_minutes=cfg.gap_minutes, gap_rule="new session if gap > gap_minutes",
+    report.update(partitions=len(paths), gap_minutes=cfg.gap_minutes, gap_rule="new session if gap > gap_minutes",
                   min_item_support=cfg.min_item_support, min_session_length=cfg.min_session_length,
                   filter_mode=cfg.filter_mode, buckets=len(bounds) + 1)
-    return {"sessions": str(sessions_path), "removed": str(removed_path), "report": report}
+    return {"sessions": str(out / "sessions.parquet"), "removed": str(out / "sessions_removed.parquet"), "report": report}

@@ -8,14 +8,16 @@ from typing import Any
 import pandas as pd
 
 from seqrec import io
+from seqrec.parallel import mapper_for
 from seqrec.config import DataConfig, EmbeddingConfig, GraphConfig, SessionConfig, TrainingConfig, config_to_dict
 
 
-def sessionize_events(day_paths: list[str], cfg: SessionConfig, out_dir: str) -> dict[str, Any]:
-    """Sessionize cleaned day partitions in day order, out of core; write sessions and removed rows."""
+def sessionize_events(day_paths: list[str], cfg: SessionConfig, out_dir: str, address: str | None = None) -> dict[str, Any]:
+    """Sessionize cleaned day partitions in day order, out of core; write sessions and removed rows (the per-day and
+    per-bucket passes as Dask tasks on the scheduler at ``address``, when given)."""
     from seqrec.features.sessions_stream import sessionize_files
 
-    return sessionize_files(sorted(day_paths), cfg, out_dir, bucket_events=cfg.bucket_events)
+    return sessionize_files(sorted(day_paths), cfg, out_dir, bucket_events=cfg.bucket_events, mapper=mapper_for(address))
 
 
 def load_receipts(root: str, data: DataConfig) -> tuple[pd.DataFrame | None, pd.Series | None]:
@@ -30,12 +32,14 @@ def load_receipts(root: str, data: DataConfig) -> tuple[pd.DataFrame | None, pd.
     return receipts, pd.concat(catalogue) if catalogue else None
 
 
-def build_item_graph(sessions_path: str, root: str, cfg: GraphConfig, out_dir: str, data: DataConfig | None = None) -> dict[str, Any]:
-    """Build the co-occurrence graph from sessions and receipts; write edges, matrix, stats, plot."""
+def build_item_graph(sessions_path: str, root: str, cfg: GraphConfig, out_dir: str, data: DataConfig | None = None,
+                     address: str | None = None) -> dict[str, Any]:
+    """Build the co-occurrence graph from sessions and receipts; write edges, matrix, stats, plot (the per-part and
+    per-bucket work as Dask tasks on the scheduler at ``address``, when given)."""
     from seqrec.features.graph import build_cooccurrence_graph, graph_stats, plot_degree_distribution
 
     receipts, catalogue = load_receipts(root, data or DataConfig())
-    graph = build_cooccurrence_graph(Path(sessions_path), receipts, catalogue, cfg, Path(out_dir))  # streamed
+    graph = build_cooccurrence_graph(Path(sessions_path), receipts, catalogue, cfg, Path(out_dir), mapper_for(address))
     stats = graph_stats(graph)
     plot = plot_degree_distribution(graph, Path(out_dir) / "degree_distribution.png")
     io.write_json(stats, Path(out_dir) / "graph_stats.json")
