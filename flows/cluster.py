@@ -6,7 +6,8 @@ worker sees); ``data.dask_processes`` asks for a local cluster of ``data.dask_wo
 processes on 127.0.0.1, started for the flow and stopped after it; neither: Prefect's threads in the flow's own
 process, as before. On a cluster each per-day task (ingest, raw validation, cleaning, cleaned validation) runs in a
 worker process through prefect-dask's ``DaskTaskRunner``: one task run per day in the flow run, results (summaries
-and paths) stored in the run directory; a task whose worker dies is run again by Dask on another worker.
+and paths) stored in the run directory; a task whose worker dies is run again by Dask on another worker. The
+features flow's sessionize and graph tasks send their days and buckets to the same scheduler (``seqrec.parallel``).
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def check_workers(address: str, run_dir: Path, timeout_s: float = 30) -> None:
 
 @contextlib.contextmanager
 def day_cluster(config: SeqrecConfig) -> Iterator[str | None]:
-    """Yield the scheduler address the per-day tasks run on (``data.dask_address``, or a local process cluster's
-    when ``data.dask_processes``), or None for Prefect's threads in this process."""
+    """Yield the scheduler address the per-day tasks and the feature buckets run on (``data.dask_address``, or a local
+    process cluster's when ``data.dask_processes``), or None for Prefect's threads in this process."""
     data = config.data
     if data.dask_address:
         check_workers(data.dask_address, config.output.run_dir)

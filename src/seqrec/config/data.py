@@ -100,9 +100,10 @@ class DataConfig(Section):
     embeddings: Literal["exclude", "repair"] = "exclude"
     embedding_dim: int | None = Field(None, gt=0)  # repair: pad/truncate to this; None = modal length
     read_retries: int = Field(3, ge=0)  # retries of a transient OSError per partition, then it is bad
-    # flows: the per-day tasks (ingest, validation, cleaning) run on the workers of the scheduler at dask_address
-    # (e.g. "tcp://127.0.0.1:8786"), or on a local cluster of dask_workers processes when dask_processes, else in
-    # threads of the flow's process; outside the flows, the partition reads of `seqrec load` run there
+    # flows: the per-day tasks (ingest, validation, cleaning) and the sessions' and graph's buckets run on the workers
+    # of the scheduler at dask_address (e.g. "tcp://127.0.0.1:8786"), or on a local cluster of dask_workers processes
+    # when dask_processes, else in the flow's process; outside the flows, `seqrec load` reads its partitions and
+    # `seqrec features` its buckets there
     dask_address: str | None = None
     dask_workers: int = Field(2, gt=0)  # local: processes of the local cluster; days read at a time by `seqrec load`
     dask_processes: bool = False

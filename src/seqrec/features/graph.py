@@ -104,9 +104,9 @@ def vocab_ids(vocab: ItemVocab) -> pa.Array:
     return pa.array(vocab.ids, pa.string())
 
 
-def aggregate_bucket(bucket_dir: str, ids: pa.Array, cfg: GraphConfig, workdir: str) -> int:
-    """Sum one pair bucket per edge (a task): write its pruned edges to ``workdir/pruned_edges/<bucket>.pq`` and its
-    kept sums (32 bytes per edge) to ``<bucket>.npz`` beside the bucket folder; return the pruned count."""
+def aggregate_bucket(bucket_dir: str, ids: pa.Array, cfg: GraphConfig, workdir: str) -> tuple[int, dict[str, np.ndarray]]:
+    """Sum one pair bucket per edge (a task): write its pruned edges to ``workdir/pruned_edges/<bucket>.pq``; return
+    (the pruned count, the kept sums as numeric columns: 32 bytes per edge)."""
     folder = Path(bucket_dir)
     sums = read_table(folder).groupby("key", sort=False)[PAIR_COLUMNS].sum().reset_index()
     low = (sums["n_coview"] + sums["copurchase"]).to_numpy() < cfg.min_count
@@ -114,27 +114,22 @@ def aggregate_bucket(bucket_dir: str, ids: pa.Array, cfg: GraphConfig, workdir: 
         edges = edge_table(sums[low], ids, cfg)
         edges = edges.append_column(C.REASON, pa.array(np.full(edges.num_rows, "min_count"), pa.string()))
         write_table(edges, Path(workdir) / "pruned_edges" / f"{folder.name}.pq")
-    kept = {col: sums[col].to_numpy()[~low].astype(PAIR_DTYPES.get(col, np.int64)) for col in ["key", *PAIR_COLUMNS]}
-    with atomic_path(folder.with_name(f"{folder.name}.npz")) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **kept)
-    return int(low.sum())
+    return int(low.sum()), {col: sums[col].to_numpy()[~low].astype(PAIR_DTYPES.get(col, np.int64)) for col in ["key", *PAIR_COLUMNS]}
 
 
 def aggregate_buckets(spill_dir: Path, vocab: ItemVocab, cfg: GraphConfig, workdir: Path,
                       mapper: Mapper = serial_map) -> tuple[pd.DataFrame, int]:
     """Return (kept per-edge sums sorted by key, pruned count), a bucket per task (``mapper``).
 
-    Each task holds one bucket's distinct edges. The kept sums are gathered column by column
-    (32 bytes per edge) and sorted through one argsort, so the peak here is about twice the
-    kept sums, not a frame concatenation and sort.
+    Each task holds one bucket's distinct edges and returns its kept sums as numeric columns
+    (32 bytes per edge); they are joined column by column and sorted through one argsort, so the
+    peak here is about twice the kept sums, not a frame concatenation and sort.
     """
     buckets = sorted(str(b) for b in spill_dir.glob("bucket-*") if b.is_dir())
-    pruned = sum(mapper(aggregate_bucket, buckets, ids=vocab_ids(vocab), cfg=cfg, workdir=str(workdir)))
-    kept: dict[str, list[np.ndarray]] = {"key": [np.empty(0, np.int64)]} | {c: [np.empty(0, t)] for c, t in PAIR_DTYPES.items()}
-    for bucket in buckets:
-        with np.load(f"{bucket}.npz") as arrays:
-            for col, parts in kept.items():
-                parts.append(arrays[col])
+    done = mapper(aggregate_bucket, buckets, ids=vocab_ids(vocab), cfg=cfg, workdir=str(workdir))
+    pruned = sum(n for n, _ in done)
+    kept = {col: [np.empty(0, PAIR_DTYPES.get(col, np.int64))] + [k[col] for _, k in done] for col in ["key", *PAIR_COLUMNS]}
+    del done
     keys = np.concatenate(kept.pop("key"))
     order = np.argsort(keys, kind="stable")
     out = {"key": keys[order]}
