@@ -16,7 +16,7 @@ from seqrec.config import SeqrecConfig
 from seqrec.models.factory import model_section
 from seqrec.pipeline.models import embeddings_for
 from seqrec.pipeline.features import fingerprint_sessions
-from seqrec.pipeline.quality import fingerprint_catalogue, fingerprint_raw_tables
+from seqrec.pipeline.quality import fingerprint_catalogue, fingerprint_raw_tables, stage_results
 from seqrec.pipeline.runlock import run_lock
 from tasks import data as D
 from tasks import features as F
@@ -51,7 +51,10 @@ def quality_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
                                                     code)  # beside the days
     days = [bind(Q.validate_events_day, config).submit(d, "raw", config.quality, config.cleaning, out, code, root,
                                                        config.data.domains, catalogue) for d in ingested["days"]]
-    return {"days": [d.result() for d in days], "tables": tables.result()}
+    checked = {"days": [d.result() for d in days], "tables": tables.result()}
+    checked["data_docs"] = Q.publish_data_docs(stage_results(checked["days"], checked["tables"]), "raw", config.quality,
+                                               config.cleaning, out)
+    return checked
 
 
 @flow(name="clean", log_prints=True)
@@ -69,7 +72,9 @@ def clean_flow(ingested: dict, config: SeqrecConfig = SeqrecConfig()) -> dict:
                                                         config.data.domains, catalogue) for d in days]
     cleaned = {"days": days, "tables": tables, "gates": [g.result() for g in gates], "checked_tables": checked.result()}
     cleaned["report"] = Q.write_quality_report(qdir, cleaned, stage_dir(config, "reports"))
-    Q.check_cleaned_gate(cleaned["gates"] + [cleaned["checked_tables"]], config.quality)  # after the report, which shows what failed
+    cleaned["data_docs"] = Q.publish_data_docs(stage_results(cleaned["gates"], cleaned["checked_tables"]), "cleaned",
+                                               config.quality, config.cleaning, qdir)
+    Q.check_cleaned_gate(cleaned["gates"] + [cleaned["checked_tables"]], config.quality)  # after the report and Data Docs
     return cleaned
 
 
@@ -147,7 +152,7 @@ def pipeline_body(config: SeqrecConfig) -> dict:
     trained = train_flow(features=features, config=config)
     evaluated = evaluate_flow(trained=trained, config=config, embeddings=features.get("embeddings"))
     reports = {"quality": cleaned["report"]["html"], **evaluated["report"],
-               "data_docs_raw": quality["tables"]["data_docs"], "data_docs_cleaned": cleaned["checked_tables"]["data_docs"]}
+               "data_docs_raw": quality["data_docs"], "data_docs_cleaned": cleaned["data_docs"]}
     log.info("Reports: %s", reports)
     return {"reports": reports, "metrics": {r["model"]: r["metrics"] for r in evaluated["results"]},
             "run_dir": str(Path(config.output.run_dir).resolve())}

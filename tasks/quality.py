@@ -47,6 +47,12 @@ def write_quality_report(quality_dir: str, cleaned: dict, out_dir: str) -> dict:
     return report
 
 
+@task(name="publish_data_docs", task_run_name="publish_data_docs-{stage}")
+def publish_data_docs(results: list[str], stage: str, quality: QualityConfig, cleaning: CleaningConfig, out_dir: str) -> str:
+    """Return the GX Data Docs index of a stage: the results the table and day passes kept, added to the run's history."""
+    return SQ.publish_data_docs(results, stage, quality, cleaning, out_dir)
+
+
 @task(name="check_cleaned_gate")
 def check_cleaned_gate(gates: list[dict], quality: QualityConfig) -> list[str]:
     """Return the cleaned pass's failures over every day and table; fail naming all of them (quality.on_cleaned_failure)."""

@@ -189,3 +189,32 @@ def test_data_docs_keep_every_run_side_by_side(tmp_path):
     refs = AssetRefs()
     refs.feed(runs[0].read_text(encoding="utf-8"))  # the first run's page was localised again: its assets are still local
     assert refs.urls and not [u for u in refs.urls if re.match(r"(https?:)?//", u)]
+
+
+@needs_assets
+def test_pages_show_the_passes_own_results_one_per_partition(tmp_path):
+    """Data Docs publish the results the validation passes kept (no second GX pass): one page per partition, under
+    the pass's own run time, with its outcome; a pass that kept no result is an error naming it."""
+    import dataclasses
+    import datetime as dt
+
+    from seqrec.pipeline.quality import keep_gx_results, publish_data_docs
+    from seqrec.quality.datadocs import publish_data_docs as publish
+    from seqrec.quality.validate import measure_table
+
+    params = SuiteParams.of(QualityConfig(), CleaningConfig())
+    good = pd.DataFrame({"user_id": [1, 2], "socdem_cluster": [0, 4], "region": [1, 2]})
+    bad = pd.DataFrame({"user_id": [3, 3], "socdem_cluster": [0, None], "region": [1, 2]})
+    passes = [measure_table(df, "users", "cleaned", params, partition=p) for p, df in (("01082", good), ("01083", bad))]
+    assert [v.success for v in passes] == [True, False]
+    kept = keep_gx_results(passes, tmp_path / "quality")
+    index = Path(publish_data_docs(kept, "cleaned", QualityConfig(), CleaningConfig(), str(tmp_path / "quality")))
+    pages = {p.stem: p for p in index.parent.glob("validations/users/cleaned/cleaned/*/*.html")}
+    assert sorted(pages) == ["01082", "01083"]
+    for v in passes:  # filed under the pass's own run time: the result was stored, not made again
+        result = json.loads(v.gx_result)
+        run_time = dt.datetime.fromisoformat(result["meta"]["run_id"]["run_time"])
+        assert pages[v.partition].parent.name == run_time.strftime("%Y%m%dT%H%M%S.%fZ")
+        assert result["success"] == v.success
+    with pytest.raises(DataDocsError, match=r"users \(cleaned, 01082\): no Great Expectations result kept"):
+        publish([dataclasses.replace(passes[0], gx_result=None)], params, tmp_path / "other")

@@ -13,7 +13,8 @@ from seqrec.synthetic.generate import generate_tecd
 
 FIRST_DAY, DAYS = 1082, 4
 PER_DAY = ("ingest_day-{d}", "validate_events_day-raw-{d}", "clean_events_day-{d}", "validate_events_day-cleaned-{d}")
-UNCACHED = ("resolve_data_root", "write_quality_report", "check_cleaned_gate", "plan_days", "settle_days")  # cheap, or publish artifacts
+UNCACHED = ("resolve_data_root", "write_quality_report", "check_cleaned_gate", "plan_days", "settle_days",
+            "publish_data_docs")  # cheap, or publish artifacts and Data Docs
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,9 @@ def test_pipeline_runs_end_to_end_and_writes_reports(tmp_path, prefect_harness):
             index = Path(result["reports"][f"data_docs_{stage}"])
             assert index.name == "index.html" and index.is_file()
             assert "cdn.jsdelivr.net" not in index.read_text()
+            days = sorted(p.stem for p in index.parent.glob(f"validations/events/*/{stage}/{stage}/*/*.html"))
+            summaries = sorted(p.stem.split("_")[1] for p in (run_dir / "quality" / stage).glob("events_?????.parquet"))
+            assert days == summaries and len(days) == 4  # a page per event day validated
 
 
 def test_cli_help_lists_every_stage():

@@ -119,21 +119,38 @@ def validate_tables(table_root: str, stage: str, quality: QualityConfig, cleanin
     return {"stage": stage, "tables": sorted(frames), "absent": absent_tables(frames, data) if stage == "raw" else [],
             "checks": len(summary),
             "failed": int((~summary["success"].astype(bool)).sum()), "summary": str(out / f"{stage}_tables.parquet"),
-            "failures": gate_failures(validations), "data_docs": build_docs_if_possible(frames, stage, params, out / "datadocs" / stage, refs)}
+            "failures": gate_failures(validations), "gx_results": keep_gx_results(validations, out)}
 
 
-def build_docs_if_possible(frames: dict[str, pd.DataFrame], stage: str, quality: SuiteParams, out: Path, refs) -> str:
-    """Return the offline GX Data Docs index for ``frames``, or why they were not built."""
-    from seqrec.quality.datadocs import ASSETS, build_data_docs
+def keep_gx_results(validations: list, quality_dir: Path) -> list[str]:
+    """Write each validation's GX result (with what ``publish_data_docs`` needs) under ``quality_dir/gx_results/<stage>``;
+    return the files."""
+    paths = []
+    for v in validations:
+        name = f"{v.table}.{v.partition}" if v.partition else v.table
+        record = {"table": v.table, "stage": v.stage, "partition": v.partition, "rows": v.rows, "skipped": v.skipped,
+                  "result": v.gx_result}
+        paths.append(str(io.write_json(record, quality_dir / "gx_results" / v.stage / f"{name}.json")))
+    return paths
+
+
+def publish_data_docs(results: list[str], stage: str, quality: QualityConfig, cleaning: CleaningConfig, out_dir: str) -> str:
+    """Return the offline GX Data Docs index of a stage, showing the GX results the passes kept (``results``: their
+    files, tables and event days), or why none were built."""
+    from seqrec.quality.datadocs import ASSETS, publish_data_docs as publish
+    from seqrec.quality.validate import TableValidation
 
     if not quality.build_data_docs:
         return "not built: quality.build_data_docs is false"
-    if not frames:
+    if not results:
         return f"not built: no {stage} table to validate"
     if not ASSETS.is_dir():
         logging.getLogger(__name__).warning("GX Data Docs skipped: %s missing (run `make datadocs-assets`)", ASSETS)
         return f"not built: {ASSETS} is missing (run `make datadocs-assets`)"
-    return str(build_data_docs(frames, stage, quality, out, refs=refs))
+    kept = [io.read_json(p) for p in results]
+    validations = [TableValidation(k["table"], k["stage"], k["partition"], k["rows"], [], k["skipped"], gx_result=k["result"])
+                   for k in kept]
+    return str(publish(validations, SuiteParams.of(quality, cleaning), Path(out_dir) / "datadocs" / stage))
 
 
 def events_by_domain(path: str, categorical: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
@@ -166,7 +183,7 @@ def validate_events_day(day: dict[str, Any], stage: str, quality: QualityConfig,
     io.write_table(measure_missingness(frames, stage).assign(partition=name), out / f"events_{name}_missing.parquet")
     return {"day": day["day"], "stage": stage, "rows": int(sum(len(f) for f in frames.values())),
             "failed": int((~summary["success"].astype(bool)).sum()), "summary": str(out / f"events_{name}.parquet"),
-            "failures": gate_failures(validations)}
+            "failures": gate_failures(validations), "gx_results": keep_gx_results(validations, Path(out_dir))}
 
 
 def gate_failures(validations: list) -> list[str]:
@@ -259,27 +276,34 @@ def validate_root(root: str, stage: str, cfg, out_dir: str) -> dict[str, Any]:
     ingested = ingest_events(root, cfg.data, str(Path(out_dir) / "_ingest"))
     days = [validate_events_day(d, stage, cfg.quality, cfg.cleaning, out_dir, root, tuple(cfg.data.domains)) for d in ingested["days"]]
     tables = validate_tables(root, stage, cfg.quality, cfg.cleaning, cfg.data, out_dir)
+    docs = publish_data_docs(stage_results(days, tables), stage, cfg.quality, cfg.cleaning, out_dir)
     return {"tables": tables, "days": days, "failed": tables["failed"] + sum(d["failed"] for d in days),
-            "partitions": ingested["partitions"]}
+            "partitions": ingested["partitions"], "data_docs": docs}
+
+
+def stage_results(days: list[dict[str, Any]], *tables: dict[str, Any]) -> list[str]:
+    """Return the GX result files the day and table passes of one stage kept (tables first)."""
+    return [p for t in tables for p in t["gx_results"]] + [p for d in days for p in d["gx_results"]]
 
 
 def clean_root(root: str, cfg, out_dir: str) -> dict[str, Any]:
     """Clean a whole T-ECD root outside the pipeline; write cleaned data, quarantine and the DQ report."""
     ingested = ingest_events(root, cfg.data, str(Path(out_dir) / "_ingest"))
     qdir = str(Path(out_dir) / "quality")
-    for d in ingested["days"]:
-        validate_events_day(d, "raw", cfg.quality, cfg.cleaning, qdir, root, tuple(cfg.data.domains))
-    validate_tables(root, "raw", cfg.quality, cfg.cleaning, cfg.data, qdir)
+    raw = [validate_events_day(d, "raw", cfg.quality, cfg.cleaning, qdir, root, tuple(cfg.data.domains)) for d in ingested["days"]]
+    raw_docs = publish_data_docs(stage_results(raw, validate_tables(root, "raw", cfg.quality, cfg.cleaning, cfg.data, qdir)),
+                                 "raw", cfg.quality, cfg.cleaning, qdir)
     cleaned = {"days": [clean_events_day(d, cfg.cleaning, out_dir) for d in ingested["days"]],
                "tables": clean_tables(root, cfg.cleaning, cfg.data, out_dir)}
     gates = [validate_events_day(d, "cleaned", cfg.quality, cfg.cleaning, qdir, root, tuple(cfg.data.domains))
              for d in cleaned["days"]]
     gates.append(validate_tables(cleaned["tables"]["clean_root"], "cleaned", cfg.quality, cfg.cleaning, cfg.data, qdir, root))
     report = write_quality_report(qdir, cleaned, out_dir)
-    check_cleaned_gate(gates, cfg.quality)  # after the report: it shows what failed
+    docs = {"raw": raw_docs, "cleaned": publish_data_docs(stage_results(gates), "cleaned", cfg.quality, cfg.cleaning, qdir)}
+    check_cleaned_gate(gates, cfg.quality)  # after the report and the Data Docs: they show what failed
     return {"days": [{k: d[k] for k in ("day", "rows_in", "rows_kept", "rows_quarantined")} for d in cleaned["days"]],
             "tables": cleaned["tables"]["counts"], "report": report["html"], "raw_failed": report["raw_failed"],
-            "cleaned_failed": report["cleaned_failed"]}
+            "cleaned_failed": report["cleaned_failed"], "data_docs": docs}
 
 
 def accounting_rows(cleaned: dict[str, Any]) -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 GX 1.24's page templates load bootstrap, jquery, bootstrap-table, font-awesome and vega from
 CDNs, and its logo from S3; offline, the index table (filled by JavaScript) stays empty and the
-pass/fail icons are missing. ``build_data_docs`` validates tables with the seqrec suites through
-a Checkpoint with ``UpdateDataDocsAction``, then copies the pinned npm packages of
+pass/fail icons are missing. ``publish_data_docs`` stores the Great Expectations results of the
+validation passes themselves (tables and event days: the gate's own results) in a persistent GX
+project and builds its Data Docs, then copies the pinned npm packages of
 ``vendor/datadocs`` (``make datadocs-assets``) into ``<site>/static/vendor/`` and rewrites every
 asset URL of every page to a relative path. An asset URL with no local file is an error naming
 it: the site never keeps a silent network reference. Great Expectations is imported lazily.
@@ -28,7 +29,7 @@ from seqrec import io
 from seqrec.config import SuiteParams
 
 if TYPE_CHECKING:
-    from seqrec.quality.validate import References
+    from seqrec.quality.validate import References, TableValidation
 
 # GX logs one INFO line per store and action; keep run logs readable.
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -183,46 +184,38 @@ def localise_site(site: Path, assets: Path) -> list[Path]:
     return pages
 
 
-def add_checkpoint(ctx, table: str, stage: str, params: SuiteParams, skipped: dict[str, str]):
-    """Return a new Checkpoint validating one table's suite, with ``UpdateDataDocsAction``."""
-    import great_expectations as gx
+def store_results(ctx, validations: list["TableValidation"], params: SuiteParams) -> list:
+    """Put the GX results of the validation passes (the gate's own, not a second pass) in the project's validation
+    results store, with their suites; return their keys (batch: the partition, run: the stage and the pass's time)."""
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier, ValidationResultIdentifier,
+    )
 
-    name = f"{table}.{stage}"
-    source = ctx.data_sources.add_or_update_pandas(name)  # a fresh source: its asset is made anew below
-    batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe("whole")
-    suite = ctx.suites.add_or_update(S.build_suite(table, stage, params, skipped))
-    vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-    actions = [gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")]
-    return ctx.checkpoints.add_or_update(gx.Checkpoint(name=name, validation_definitions=[vd], actions=actions,
-                                                       result_format="SUMMARY"))
-
-
-def validate_into_docs(ctx, frames: dict[str, pd.DataFrame], stage: str, params: SuiteParams,
-                       refs: "References | None") -> None:
-    """Run one Checkpoint per table (its own frame and thresholds); raise QualityError when a check errors."""
-    from seqrec.quality.validate import _GX_SETUP, add_check_columns, check_columns_present, raise_if_errored
-
-    for table, df in frames.items():
-        frame, skipped = add_check_columns(df, table, stage, params, refs)
-        check_columns_present(frame, table, stage, params, skipped)
-        with _GX_SETUP:
-            checkpoint = add_checkpoint(ctx, table, stage, params, skipped)
-        result = checkpoint.run(batch_parameters={"dataframe": frame},
-                                expectation_parameters=S.suite_parameters(table, stage, params, skipped))
-        for run in result.run_results.values():
-            for res in run.results:
-                raise_if_errored(res, table, (res.expectation_config.meta or {}).get("check"),
-                                 res.expectation_config.kwargs.get("column"))
+    store, keys = ctx.validation_results_store, []
+    for v in validations:
+        if v.gx_result is None:
+            raise DataDocsError(f"{v.table} ({v.stage}, {v.partition or 'whole table'}): no Great Expectations result kept")
+        suite = ctx.suites.add_or_update(S.build_suite(v.table, v.stage, params, v.skipped))
+        result = store.deserialize(v.gx_result)
+        run = result.meta.get("run_id") or {}
+        run_time = run.get("run_time") if isinstance(run, dict) else getattr(run, "run_time", None)
+        key = ValidationResultIdentifier(ExpectationSuiteIdentifier(name=suite.name),
+                                         RunIdentifier(run_name=v.stage, run_time=run_time), v.partition or "whole")
+        store.set(key, result)
+        keys.append(key)
+    return keys
 
 
-def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: SuiteParams, out_dir: Path,
-                    assets: Path = ASSETS, refs: "References | None" = None) -> Path:
-    """Validate ``frames`` into GX Data Docs that render offline; return the site's index.html.
+def publish_data_docs(validations: list["TableValidation"], params: SuiteParams, out_dir: Path,
+                      assets: Path = ASSETS) -> Path:
+    """Add the GX results of ``validations`` to the Data Docs under ``out_dir``; return the site's index.html.
 
-    The GX project lives in ``out_dir/gx`` and persists: each call updates the suites and checkpoints
-    and adds its validation run, so the Data Docs index lists every run's validations side by side
-    (every page, old ones too, is made to load its assets locally). ``refs`` feeds the referential
-    checks, as in ``seqrec.quality.validate.validate_table``; without it they are skipped.
+    The pages show the results of the validation passes that judged the data (and gate the cleaned
+    stage): tables and every event day partition, with no second Great Expectations pass. The GX
+    project lives in ``out_dir/gx`` and persists: each call updates the suites and adds the new
+    results, so the Data Docs index lists every run's validations side by side (every page, old ones
+    too, is made to load its assets locally).
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -231,16 +224,29 @@ def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: SuitePa
 
     if not assets.is_dir():
         raise DataDocsError(f"asset directory {assets} is missing: run `make datadocs-assets`")
-    if not frames:
-        raise DataDocsError(f"no table to validate into Data Docs under {out_dir}")
+    if not validations:
+        raise DataDocsError(f"no validation to publish into Data Docs under {out_dir}")
     root = Path(out_dir) / "gx"
     with _GX_SETUP:
         ctx = gx.get_context(mode="file", project_root_dir=str(out_dir))  # GX makes out_dir/gx
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    validate_into_docs(ctx, frames, stage, params, refs)
+        store_results(ctx, validations, params)
+        ctx.build_data_docs()
     site_url = ctx.get_docs_sites_urls()[0]["site_url"]  # file:///.../data_docs/local_site/index.html
     index = Path(url2pathname(urlparse(site_url).path))
     if not (index.is_absolute() and index.is_file() and root.resolve() in index.resolve().parents):
         raise DataDocsError(f"GX gave the Data Docs site {site_url!r}, not a page under {root}: nothing written outside it")
     localise_site(index.parent, assets)
     return index
+
+
+def build_data_docs(frames: dict[str, pd.DataFrame], stage: str, params: SuiteParams, out_dir: Path,
+                    assets: Path = ASSETS, refs: "References | None" = None) -> Path:
+    """Validate ``frames`` (``seqrec.quality.validate.measure_table``) and publish the results into Data Docs;
+    return the site's index.html. ``refs`` feeds the referential checks; without it they are skipped."""
+    from seqrec.quality.validate import measure_table
+
+    if not frames:
+        raise DataDocsError(f"no table to validate into Data Docs under {out_dir}")
+    validations = [measure_table(df, table, stage, params, refs) for table, df in frames.items()]
+    return publish_data_docs(validations, params, out_dir, assets)

@@ -132,6 +132,7 @@ class TableValidation:
     checks: list[CheckResult]
     skipped: dict[str, str] = field(default_factory=dict)  # check -> why it was not run
     warnings: list[str] = field(default_factory=list)
+    gx_result: str | None = None  # GX's own result of this pass, as its stores write it (Data Docs show it)
 
     @property
     def success(self) -> bool:
@@ -275,8 +276,10 @@ def raise_if_errored(res: Any, table: str, check: str | None, column: str | None
         raise QualityError(f"{table}: check '{check}' on column {column} could not run: {messages[0]}")
 
 
-def run_suite(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams, skip: dict[str, str]) -> list[CheckResult]:
-    """Return the raw GX results of one suite on a frame that already holds its check columns."""
+def run_suite(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams, skip: dict[str, str], keep: bool = True
+              ) -> tuple[list[CheckResult], str | None]:
+    """Return the check results of one suite on a frame that already holds its check columns, and GX's own result
+    (JSON, as GX's validation results store writes it; None unless ``keep``)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -290,7 +293,8 @@ def run_suite(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams, s
         vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"{table}.{stage}.{uuid.uuid4().hex}", data=batch, suite=suite))
     values = S.suite_parameters(table, stage, params, skip)
     result = vd.run(batch_parameters={"dataframe": df}, expectation_parameters=values, result_format="BASIC")
-    return [to_check_result(r, table, stage, None) for r in result.results]
+    kept = ctx.validation_results_store.serialize(result) if keep else None
+    return [to_check_result(r, table, stage, None) for r in result.results], kept
 
 
 def check_columns_present(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParams, skip: dict[str, str]) -> None:
@@ -313,10 +317,10 @@ def measure_table(df: pd.DataFrame, table: str, stage: Stage, params: SuiteParam
     """Return the validation of one frame without applying the cleaned-pass gate."""
     frame, skipped = add_check_columns(df, table, stage, params, refs)
     check_columns_present(frame, table, stage, params, skipped)
-    results = run_suite(frame[suite_columns(frame, table, stage, params, skipped)], table, stage, params, skipped)
+    results, gx_result = run_suite(frame[suite_columns(frame, table, stage, params, skipped)], table, stage, params, skipped)
     order = {c.name: i for i, c in enumerate(S.list_checks(table, stage, params, skipped))}
     results = sorted((_with_partition(r, partition) for r in results), key=lambda r: order.get(r.check, len(order)))
-    return TableValidation(table, stage, partition, len(df), results, skipped)
+    return TableValidation(table, stage, partition, len(df), results, skipped, gx_result=gx_result)
 
 
 def _with_partition(result: CheckResult, partition: str | None) -> CheckResult:
