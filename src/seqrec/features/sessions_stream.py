@@ -96,7 +96,7 @@ def load_index(work: Path, days: int) -> DayIndex:
     tables, local, codes, vocab = [], [], [], {}
     for p in range(days):
         base = work / "index" / f"{p:05d}"
-        with np.load(f"{base}.npz") as arrays:
+        with np.load(f"{base}.npz", allow_pickle=False) as arrays:
             loc, day_codes = arrays["local"], arrays["codes"]
         uniques = io.read_table(f"{base}-items.parquet")[C.ITEM].to_numpy()
         glob = np.array([vocab.setdefault(u, len(vocab)) for u in uniques], dtype=np.int32)
@@ -197,7 +197,7 @@ def spill_day(day: tuple[int, str], gap_us: int, bounds: np.ndarray, work: str) 
     the user buckets ``work/bucket-NNNNN/``; return its rows."""
     p, path = day
     part = io.read_table(path)
-    with np.load(Path(work) / "fates" / f"{p:05d}.npz") as arrays:
+    with np.load(Path(work) / "fates" / f"{p:05d}.npz", allow_pickle=False) as arrays:
         ids, fate, rounds = arrays["ids"], arrays["fate"], arrays["rounds"]
     # the sort order is recomputed rather than kept from pass 1, which would hold 8 bytes per event for the whole run
     order, _, _ = session_bounds(part[C.USER].to_numpy(np.int64), part[C.TIMESTAMP].to_numpy(np.int64), gap_us)

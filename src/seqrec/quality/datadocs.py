@@ -168,11 +168,14 @@ def vendor_site_assets(site: Path, assets: Path) -> dict[str, str]:
 
 
 def localise_site(site: Path, assets: Path) -> list[Path]:
-    """Make a Data Docs site self-contained: vendor the assets and rewrite every page; return the pages."""
+    """Make a Data Docs site self-contained: vendor the assets and rewrite every page that loads one from the network
+    (pages localised before are left as they are); return the pages."""
     mapping = vendor_site_assets(site, assets)
     pages = sorted(site.rglob("*.html"))
     for page in pages:
         html = page.read_text(encoding="utf-8")
+        if not find_asset_urls(html):
+            continue
         for url, sri in find_integrity(html).items():
             if url in mapping:
                 check_integrity(site / mapping[url], sri, url)
@@ -230,8 +233,9 @@ def publish_data_docs(validations: list["TableValidation"], params: SuiteParams,
     with _GX_SETUP:
         ctx = gx.get_context(mode="file", project_root_dir=str(out_dir))  # GX makes out_dir/gx
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-        store_results(ctx, validations, params)
-        ctx.build_data_docs()
+        keys = store_results(ctx, validations, params)
+        suites = list({k.expectation_suite_identifier.to_tuple(): k.expectation_suite_identifier for k in keys}.values())
+        ctx.build_data_docs(resource_identifiers=keys + suites)  # the new pages and the index: older ones stay
     site_url = ctx.get_docs_sites_urls()[0]["site_url"]  # file:///.../data_docs/local_site/index.html
     index = Path(url2pathname(urlparse(site_url).path))
     if not (index.is_absolute() and index.is_file() and root.resolve() in index.resolve().parents):
