@@ -70,10 +70,15 @@ class DayIndex:
     n_items: int
 
 
-def save_arrays(dest: Path, **arrays: np.ndarray) -> None:
-    """Write numpy arrays to ``dest`` (.npz, atomically)."""
-    with io.atomic_path(dest) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+def save_arrays(folder: Path, prefix: str, **arrays: np.ndarray) -> None:
+    """Write each array to ``folder/<prefix>-<name>.npy`` (``seqrec.io.write_array``: atomic, no pickle)."""
+    for name, values in arrays.items():
+        io.write_array(values, folder / f"{prefix}-{name}.npy")
+
+
+def load_arrays(folder: Path, prefix: str, *names: str) -> list[np.ndarray]:
+    """Return the arrays ``save_arrays`` wrote under ``folder`` with ``prefix``, in the order of ``names``."""
+    return [io.read_array(folder / f"{prefix}-{name}.npy") for name in names]
 
 
 def index_day(day: tuple[int, str], gap_us: int, work: str) -> int:
@@ -86,7 +91,7 @@ def index_day(day: tuple[int, str], gap_us: int, work: str) -> int:
     base = Path(work) / "index"
     io.write_table(sess, base / f"{p:05d}-sessions.parquet")
     io.write_table(pd.DataFrame({C.ITEM: uniques}), base / f"{p:05d}-items.parquet")
-    save_arrays(base / f"{p:05d}.npz", local=loc.astype(np.int32), codes=codes.astype(np.int32))
+    save_arrays(base, f"{p:05d}", local=loc.astype(np.int32), codes=codes.astype(np.int32))
     log.info("sessionize pass 1: %s, %d events, %d local sessions", Path(path).name, len(part), len(sess))
     return len(part)
 
@@ -96,8 +101,7 @@ def load_index(work: Path, days: int) -> DayIndex:
     tables, local, codes, vocab = [], [], [], {}
     for p in range(days):
         base = work / "index" / f"{p:05d}"
-        with np.load(f"{base}.npz", allow_pickle=False) as arrays:
-            loc, day_codes = arrays["local"], arrays["codes"]
+        loc, day_codes = load_arrays(base.parent, base.name, "local", "codes")
         uniques = io.read_table(f"{base}-items.parquet")[C.ITEM].to_numpy()
         glob = np.array([vocab.setdefault(u, len(vocab)) for u in uniques], dtype=np.int32)
         tables.append(io.read_table(f"{base}-sessions.parquet"))
@@ -187,7 +191,7 @@ def index_and_filter(paths: list[str], cfg: SessionConfig, work: Path, bucket_ev
     start = 0
     for p, loc in enumerate(index.local):
         stop = start + len(loc)
-        save_arrays(work / "fates" / f"{p:05d}.npz", ids=ids[start:stop], fate=fate[start:stop], rounds=rounds[start:stop])
+        save_arrays(work / "fates", f"{p:05d}", ids=ids[start:stop], fate=fate[start:stop], rounds=rounds[start:stop])
         start = stop
     return report, bounds
 
@@ -197,8 +201,7 @@ def spill_day(day: tuple[int, str], gap_us: int, bounds: np.ndarray, work: str) 
     the user buckets ``work/bucket-NNNNN/``; return its rows."""
     p, path = day
     part = io.read_table(path)
-    with np.load(Path(work) / "fates" / f"{p:05d}.npz", allow_pickle=False) as arrays:
-        ids, fate, rounds = arrays["ids"], arrays["fate"], arrays["rounds"]
+    ids, fate, rounds = load_arrays(Path(work) / "fates", f"{p:05d}", "ids", "fate", "rounds")
     # the sort order is recomputed rather than kept from pass 1, which would hold 8 bytes per event for the whole run
     order, _, _ = session_bounds(part[C.USER].to_numpy(np.int64), part[C.TIMESTAMP].to_numpy(np.int64), gap_us)
     ordered = part.iloc[order].reset_index(drop=True)

@@ -201,8 +201,7 @@ def store_results(ctx, validations: list["TableValidation"], params: SuiteParams
             raise DataDocsError(f"{v.table} ({v.stage}, {v.partition or 'whole table'}): no Great Expectations result kept")
         suite = ctx.suites.add_or_update(S.build_suite(v.table, v.stage, params, v.skipped))
         result = store.deserialize(v.gx_result)
-        run = result.meta.get("run_id") or {}
-        run_time = run.get("run_time") if isinstance(run, dict) else getattr(run, "run_time", None)
+        run_time = (result.meta.get("run_id") or {}).get("run_time")  # the pass's own (a dict once deserialised)
         key = ValidationResultIdentifier(ExpectationSuiteIdentifier(name=suite.name),
                                          RunIdentifier(run_name=v.stage, run_time=run_time), v.partition or "whole")
         store.set(key, result)
