@@ -218,3 +218,36 @@ def test_pages_show_the_passes_own_results_one_per_partition(tmp_path):
         assert result["success"] == v.success
     with pytest.raises(DataDocsError, match=r"users \(cleaned, 01082\): no Great Expectations result kept"):
         publish([dataclasses.replace(passes[0], gx_result=None)], params, tmp_path / "other")
+
+
+@needs_assets
+def test_each_stage_has_a_checkpoint_whose_result_is_the_gates_verdict(tmp_path):
+    """The persistent project holds a Checkpoint per stage (a validation definition per table suite, the Data Docs
+    action), and each publication writes its CheckpointResult made of the passes' results: unsuccessful when a day
+    failed, naming each partition's outcome; a later all-clear run adds a successful one beside it."""
+    import great_expectations as gx
+
+    from seqrec.quality.datadocs import publish_data_docs as publish
+    from seqrec.quality.validate import measure_table
+
+    params = SuiteParams.of(QualityConfig(), CleaningConfig())
+    good = pd.DataFrame({"user_id": [1, 2], "socdem_cluster": [0, 4], "region": [1, 2]})
+    bad = pd.DataFrame({"user_id": [3, 3], "socdem_cluster": [0, None], "region": [1, 2]})
+    brands = pd.DataFrame({"brand_id": [7, 8], "embedding": [[0.5] * 300] * 2})  # 300: the default dimension
+    night = [measure_table(df, "users", "cleaned", params, partition=p) for p, df in (("01082", good), ("01083", bad))]
+    night.append(measure_table(brands, "brands", "cleaned", params))
+    publish(night, params, tmp_path)
+    publish([measure_table(good, "users", "cleaned", params, partition="01084")], params, tmp_path)
+
+    ctx = gx.get_context(mode="file", project_root_dir=str(tmp_path))
+    checkpoint = ctx.checkpoints.get("seqrec-cleaned")
+    assert sorted(vd.suite.name for vd in checkpoint.validation_definitions) == ["brands.cleaned", "users.cleaned"]
+    assert [type(a).__name__ for a in checkpoint.actions] == ["UpdateDataDocsAction"]
+    first, second = [json.loads(p.read_text()) for p in sorted((tmp_path / "checkpoint_results").glob("*.json"))]
+    assert first["checkpoint"] == second["checkpoint"] == "seqrec-cleaned"
+    assert first["success"] is False and second["success"] is True  # the gate's verdict on each night's passes
+    assert first["statistics"]["evaluated_validations"] == 3 and first["statistics"]["success_percent"] == pytest.approx(200 / 3)
+    outcomes = {(r["suite"], r["partition"]): (r["success"], r["failed"]) for r in first["validations"]}
+    assert outcomes == {("users.cleaned", "01082"): (True, []), ("brands.cleaned", "whole"): (True, []),
+                        ("users.cleaned", "01083"): (False, ["expect_column_values_to_be_in_set",
+                                                             "expect_column_values_to_not_be_null"])}, outcomes

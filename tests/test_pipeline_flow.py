@@ -53,6 +53,11 @@ def test_pipeline_runs_end_to_end_and_writes_reports(tmp_path, prefect_harness):
             days = sorted(p.stem for p in index.parent.glob(f"validations/events/*/{stage}/{stage}/*/*.html"))
             summaries = sorted(p.stem.split("_")[1] for p in (run_dir / "quality" / stage).glob("events_?????.parquet"))
             assert days == summaries and len(days) == 4  # a page per event day validated
+            runs = sorted((run_dir / "quality" / "datadocs" / stage / "checkpoint_results").glob("*.json"))
+            checkpoint = json.loads(runs[-1].read_text())  # the stage's Checkpoint result, made of the passes' results
+            assert checkpoint["checkpoint"] == f"seqrec-{stage}"
+            assert sorted({v["partition"] for v in checkpoint["validations"]} - {"whole"}) == days
+            assert checkpoint["success"] is (stage == "cleaned")  # raw findings fail it; the cleaned gate passed
 
 
 def test_cli_help_lists_every_stage():

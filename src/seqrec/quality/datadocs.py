@@ -187,15 +187,15 @@ def localise_site(site: Path, assets: Path) -> list[Path]:
     return pages
 
 
-def store_results(ctx, validations: list["TableValidation"], params: SuiteParams) -> list:
+def store_results(ctx, validations: list["TableValidation"], params: SuiteParams) -> dict:
     """Put the GX results of the validation passes (the gate's own, not a second pass) in the project's validation
-    results store, with their suites; return their keys (batch: the partition, run: the stage and the pass's time)."""
+    results store, with their suites; return them by key (batch: the partition, run: the stage and the pass's time)."""
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier, ValidationResultIdentifier,
     )
 
-    store, keys = ctx.validation_results_store, []
+    store, stored = ctx.validation_results_store, {}
     for v in validations:
         if v.gx_result is None:
             raise DataDocsError(f"{v.table} ({v.stage}, {v.partition or 'whole table'}): no Great Expectations result kept")
@@ -205,8 +205,64 @@ def store_results(ctx, validations: list["TableValidation"], params: SuiteParams
         key = ValidationResultIdentifier(ExpectationSuiteIdentifier(name=suite.name),
                                          RunIdentifier(run_name=v.stage, run_time=run_time), v.partition or "whole")
         store.set(key, result)
-        keys.append(key)
-    return keys
+        stored[key] = result
+    return stored
+
+
+def stage_checkpoint(ctx, stage: str, suites: list[str]):
+    """Add or update the stage's GX Checkpoint ``seqrec-<stage>``: one validation definition per suite it ever
+    validated (a dataframe asset per table of the ``seqrec`` pandas data source) and the Data Docs action.
+
+    seqrec does not call its ``run``: the passes validate every table and event day partition on their own (days in
+    parallel, on Dask workers on a cluster), and ``checkpoint_result`` assembles the checkpoint's result from theirs.
+    """
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    try:
+        source = ctx.data_sources.get("seqrec")
+    except KeyError:
+        source = ctx.data_sources.add_pandas("seqrec")
+    try:  # a run that validated fewer tables (a partial root) keeps the others' definitions
+        known = [vd.suite.name for vd in ctx.checkpoints.get(f"seqrec-{stage}").validation_definitions]
+    except gx.exceptions.DataContextError:  # no checkpoint of this stage yet
+        known = []
+    definitions = []
+    for name in sorted({*known, *suites}):
+        table = name.rsplit(".", 1)[0]  # suites are named <table>.<stage>
+        try:
+            asset = source.get_asset(table)
+        except LookupError:
+            asset = source.add_dataframe_asset(table)
+        try:
+            batch = asset.get_batch_definition("whole")
+        except KeyError:
+            batch = asset.add_batch_definition_whole_dataframe("whole")
+        definitions.append(ctx.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=f"{name}.whole", data=batch, suite=ctx.suites.get(name))))
+    return ctx.checkpoints.add_or_update(gx.Checkpoint(
+        name=f"seqrec-{stage}", validation_definitions=definitions, actions=[UpdateDataDocsAction(name="data_docs")]))
+
+
+def checkpoint_result(checkpoint, stored: dict, stage: str, out_dir: Path) -> Path:
+    """Write the stage's ``CheckpointResult`` made of the passes' results (success: every pass succeeded, as the gate
+    judges) under ``out_dir/checkpoint_results``; return the file."""
+    import datetime as dt
+
+    from great_expectations.checkpoint.checkpoint import CheckpointResult
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    now = dt.datetime.now(dt.timezone.utc)
+    result = CheckpointResult(run_id=RunIdentifier(run_name=stage, run_time=now), run_results=stored,
+                              checkpoint_config=checkpoint)
+    described = result.describe_dict()
+    passes = [{"suite": key.expectation_suite_identifier.name, "partition": key.batch_identifier,
+               "run_time": key.run_id.to_json_dict()["run_time"], "success": bool(r.success),
+               "failed": [e.expectation_config.type for e in r.results if not e.success]}
+              for key, r in stored.items()]  # the full results are in the project's validation results store
+    record = {"checkpoint": checkpoint.name, "run_time": now.isoformat(), "success": bool(result.success),
+              "statistics": described["statistics"], "validations": passes}
+    return io.write_json(record, Path(out_dir) / "checkpoint_results" / f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}.json")
 
 
 def publish_data_docs(validations: list["TableValidation"], params: SuiteParams, out_dir: Path,
@@ -215,9 +271,10 @@ def publish_data_docs(validations: list["TableValidation"], params: SuiteParams,
 
     The pages show the results of the validation passes that judged the data (and gate the cleaned
     stage): tables and every event day partition, with no second Great Expectations pass. The GX
-    project lives in ``out_dir/gx`` and persists: each call updates the suites and adds the new
-    results, so the Data Docs index lists every run's validations side by side (every page, old ones
-    too, is made to load its assets locally).
+    project lives in ``out_dir/gx`` and persists: each call updates the suites and the stage's Checkpoint
+    (``stage_checkpoint``), adds the new results, so the Data Docs index lists every run's validations side
+    by side, and writes the Checkpoint's result made of them (``checkpoint_result``: its success is the
+    gate's verdict on these passes). Every new page is made to load its assets locally.
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -232,9 +289,11 @@ def publish_data_docs(validations: list["TableValidation"], params: SuiteParams,
     with _GX_SETUP:
         ctx = gx.get_context(mode="file", project_root_dir=str(out_dir))  # GX makes out_dir/gx
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-        keys = store_results(ctx, validations, params)
-        suites = list({k.expectation_suite_identifier.to_tuple(): k.expectation_suite_identifier for k in keys}.values())
-        ctx.build_data_docs(resource_identifiers=keys + suites)  # the new pages and the index: older ones stay
+        stored = store_results(ctx, validations, params)
+        suites = list({k.expectation_suite_identifier.to_tuple(): k.expectation_suite_identifier for k in stored}.values())
+        checkpoint = stage_checkpoint(ctx, "+".join(sorted({v.stage for v in validations})), [s.name for s in suites])
+        checkpoint_result(checkpoint, stored, checkpoint.name.removeprefix("seqrec-"), out_dir)
+        ctx.build_data_docs(resource_identifiers=[*stored, *suites])  # the new pages and the index: older ones stay
     site_url = ctx.get_docs_sites_urls()[0]["site_url"]  # file:///.../data_docs/local_site/index.html
     index = Path(url2pathname(urlparse(site_url).path))
     if not (index.is_absolute() and index.is_file() and root.resolve() in index.resolve().parents):
