@@ -8,6 +8,7 @@ helpers, so both reports say the same thing.
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import numpy as np
@@ -108,12 +109,19 @@ def index_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def group_order(group: Any) -> tuple:
+    """Return a sort key that puts numeric groups in numeric order ('1', '2', '3-4', '10-19', '20+'; '<3' before
+    '>=3') ahead of named ones ('head', 'tail'), which stay alphabetical."""
+    number = re.search(r"\d+", str(group))
+    return (0, int(number.group()), str(group)) if number else (1, 0, str(group))
+
+
 def breakdown_rows(results: list[dict[str, Any]], name: str, metric: str) -> list[dict[str, Any]]:
     """Return one row per group of breakdown ``name``: the group, its targets and each model's ``metric``.
 
     The group's column is ``group`` (a breakdown may share its name with a model: popularity).
     """
-    groups = sorted({g for r in results for g in r.get("breakdowns", {}).get(name, {})}, key=str)
+    groups = sorted({g for r in results for g in r.get("breakdowns", {}).get(name, {})}, key=group_order)
     rows = []
     for g in groups:
         cells = [r["breakdowns"].get(name, {}).get(g) for r in results]
