@@ -105,10 +105,10 @@ def test_breakdown_groups_read_in_numeric_order():
     groups = ["1", "10-19", "2", "20+", "3-4", "5-9"]  # as strings sort (the report's order before)
     results = [{"model": "spop", "breakdowns": {"prefix_length": {g: {"n_targets": i, "recall@20": 0.1} for i, g in enumerate(groups)},
                                                  "session_length": {">=3": {"n_targets": 5}, "<3": {"n_targets": 2}},
-                                                 "target": {"repeat": {"n_targets": 1}, "new": {"n_targets": 2}}}}]
+                                                 "subdomain": {g: {"n_targets": 1} for g in ("u2i", "search", "i2i", "catalog")}}}]
     assert [r["group"] for r in breakdown_rows(results, "prefix_length", "recall@20")] == ["1", "2", "3-4", "5-9", "10-19", "20+"]
     assert [r["group"] for r in breakdown_rows(results, "session_length", "recall@20")] == ["<3", ">=3"]
-    assert [r["group"] for r in breakdown_rows(results, "target", "recall@20")] == ["new", "repeat"]
+    assert [r["group"] for r in breakdown_rows(results, "subdomain", "recall@20")] == ["catalog", "i2i", "search", "u2i"]
 
 
 def test_a_breakdown_named_like_a_model_keeps_its_groups(report):

@@ -111,9 +111,9 @@ def index_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def group_order(group: Any) -> tuple:
     """Return a sort key that puts numeric groups in numeric order ('1', '2', '3-4', '10-19', '20+'; '<3' before
-    '>=3') ahead of named ones ('head', 'tail'), which stay alphabetical."""
-    number = re.search(r"\d+", str(group))
-    return (0, int(number.group()), str(group)) if number else (1, 0, str(group))
+    '>=3') ahead of named ones ('head', 'i2i', 'u2i'), which stay alphabetical."""
+    number = re.match(r"[<>=]*(\d+)", str(group))
+    return (0, int(number.group(1)), str(group)) if number else (1, 0, str(group))
 
 
 def breakdown_rows(results: list[dict[str, Any]], name: str, metric: str) -> list[dict[str, Any]]:
