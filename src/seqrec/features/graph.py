@@ -21,7 +21,8 @@ sessionize stage's output), the session rows are streamed ``chunk_events`` at a 
 a task per part when each part holds whole sessions; any other file is read whole. Tasks run
 through a mapper (``seqrec.parallel``): in this process, or as Dask tasks on a cluster. Kept
 edges are held as compact numeric columns (32 bytes per edge), ``edges.pq`` is written a slice
-at a time with item ids taken by Arrow, and the matrix is built with 32-bit indices; the returned graph reads ``edges.pq`` on demand.
+at a time with item ids taken by Arrow, and the matrix is built with 32-bit indices; the
+returned graph reads ``edges.pq`` on demand.
 """
 
 from __future__ import annotations

@@ -291,8 +291,8 @@ def publish_data_docs(validations: list["TableValidation"], params: SuiteParams,
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
         stored = store_results(ctx, validations, params)
         suites = list({k.expectation_suite_identifier.to_tuple(): k.expectation_suite_identifier for k in stored}.values())
-        checkpoint = stage_checkpoint(ctx, "+".join(sorted({v.stage for v in validations})), [s.name for s in suites])
-        checkpoint_result(checkpoint, stored, checkpoint.name.removeprefix("seqrec-"), out_dir)
+        stage = "+".join(sorted({v.stage for v in validations}))  # one stage per call from the flows
+        checkpoint_result(stage_checkpoint(ctx, stage, [s.name for s in suites]), stored, stage, out_dir)
         ctx.build_data_docs(resource_identifiers=[*stored, *suites])  # the new pages and the index: older ones stay
     site_url = ctx.get_docs_sites_urls()[0]["site_url"]  # file:///.../data_docs/local_site/index.html
     index = Path(url2pathname(urlparse(site_url).path))
