@@ -41,7 +41,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache

@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,8 @@ class AnnIndex:
         backend = BACKENDS[kind].build(weight, bias, params, threads())
         meta = {"format": FORMAT, "kind": kind, "items": len(weight) - 1, **backend.params, "extra": extra,
                 "head": 0 if bias is None else min(head, len(weight) - 1),
-                "fingerprint": layer_fingerprint(weight, bias), "build_seconds": round(time.perf_counter() - start, 3)}
+                "fingerprint": layer_fingerprint(weight, bias), "build_seconds": round(time.perf_counter() - start, 3),
+                "built_at": datetime.now(timezone.utc).isoformat()}  # microseconds: names this build among others
         return cls(backend, weight, bias, meta)
 
     def describe(self) -> dict:
