@@ -121,6 +121,38 @@ def test_index_is_stored_beside_the_model_loaded_again_and_rebuilt_when_the_mode
             weight.copy_(kept)  # bit for bit (w + 1 - 1 is not w in float32): later tests serve the file's model
 
 
+def test_a_narrow_index_widens_its_search_until_its_recall_reaches_the_floor_and_keeps_that_breadth(trained, tmp_path):
+    import shutil
+
+    model, path = trained
+    mine = tmp_path / "gru4rec.pt"
+    shutil.copy(path, mine)
+    asked = ServingConfig(index="ann", ann_kind="ivf", ann_lists=16, ann_probe=1, ann_min_recall=1.0)
+    built = index_for(model, mine, asked)
+    trials = built.meta["calibration"]
+    assert [t["breadth"] for t in trials] == [2**i for i in range(len(trials))] and trials[0]["recall@10"] < 1.0
+    recalls = [t["recall@10"] for t in trials]
+    assert recalls == sorted(recalls) and recalls[-1] == 1.0 and max(recalls[:-1]) < 1.0  # stops at the first that reaches it
+    assert built.meta["breadth"] == trials[-1]["breadth"] <= 16 and built.meta["probe"] == 1 and built.meta["recall@10"] == 1.0
+    loaded = index_for(model, mine, asked)  # stored with the breadth it was widened to
+    assert loaded.meta["built_at"] == built.meta["built_at"] and loaded.meta["breadth"] == built.meta["breadth"]
+    q = torch.randn(50, 16)
+    assert torch.equal(loaded.search(q, 10)[1], built.search(q, 10)[1])
+    kept = index_for(model, mine, ServingConfig(**{**asked.model_dump(), "ann_min_recall": 0.0}))  # another floor: rebuilt
+    assert kept.meta["built_at"] != built.meta["built_at"] and kept.meta["breadth"] == 1 and len(kept.meta["calibration"]) == 1
+    assert kept.meta["recall@10"] == trials[0]["recall@10"]  # the same lists, searched as asked
+
+
+def test_a_floor_the_widest_search_misses_is_said_and_the_widest_breadth_kept(trained, caplog):
+    model, _ = trained
+    asked = ServingConfig(index="ann", ann_kind="ivf", ann_lists=100, ann_probe=1, ann_head=0, ann_min_recall=1.0)
+    with caplog.at_level(logging.WARNING, logger="seqrec.serving.indexes"):
+        ann = index_for(model, None, asked)
+    assert [t["breadth"] for t in ann.meta["calibration"]] == [1, 2, 4, 8, 16, 32]  # 32 times the asked probe, no more
+    assert ann.meta["breadth"] == 32 and ann.meta["recall@10"] < 1.0
+    assert "below serving.ann_min_recall 1.0" in caplog.text and f"recall@10 {ann.meta['recall@10']:.4f}" in caplog.text
+
+
 def test_recommend_through_the_index_names_it_and_matches_exact_when_every_list_is_probed(trained):
     model, path = trained
     sessions = [["i1", "i8", "i15"], ["i200"], ["i3", "nope"], []]

@@ -29,6 +29,9 @@ class ServingConfig(Section):
     ann_extra: int = Field(10, ge=0)  # candidates fetched beyond k (rounding slack: the lifted order is the score order)
     ann_head: int = Field(256, ge=0)  # items of highest bias scored for every query (short queries rank by bias)
     recall_sessions: int = Field(2000, gt=0)  # sessions the index's recall@k is measured on when it is built
+    # the search is widened (hnsw expansion, ivf probe: doubled, at most 32 times the asked one) until the measured
+    # recall@k reaches this; 0 keeps the asked breadth whatever its recall
+    ann_min_recall: float = Field(0.95, ge=0, le=1)
     recall_k: int = Field(10, gt=0)
     host: str = "127.0.0.1"  # seqrec serve
     port: int = Field(8765, ge=0, le=65535)  # 0 = any free port

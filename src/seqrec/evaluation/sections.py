@@ -29,10 +29,12 @@ PAIRED_NOTE = ("per-target differences against the best baseline on the same tar
                "mean difference; p from a paired randomisation test (sign flips). A difference is real when the "
                "interval excludes 0 (p < 0.05).")
 
-INDEX_NOTE = ("models served through their approximate index (serving.index): FAISS inverted lists, built once per "
-              "model and stored beside it; recall@k = share of the index's top-k reaching the exact k-th best score, "
-              "measured on the sample named when the index was built. ranked_through = the metrics above were "
-              "computed through the index (evaluation.index: ann), else exactly.")
+INDEX_NOTE = ("models served through their approximate index (serving.index): usearch's HNSW graph or FAISS's inverted "
+              "lists (serving.ann_kind), built once per model and stored beside it; recall@k = share of the index's "
+              "top-k reaching the exact k-th best score, measured on the sample named when the index was built; "
+              "breadth = candidates explored (hnsw) or lists probed (ivf) per query, widened until that recall "
+              "reached min_recall (serving.ann_min_recall). ranked_through = the metrics above were computed "
+              "through the index (evaluation.index: ann), else exactly.")
 
 
 def label_of(result: dict[str, Any]) -> str:
@@ -103,7 +105,8 @@ def index_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         recall = next((key for key in ix if key.startswith("recall@")), "recall@10")
         rows.append({"model": label_of(r), "index": ix.get("kind"), "items": ix.get("items"), "lists": ix.get("lists"),
-                     "probe": ix.get("probe"), recall: ix.get(recall), "sample": ix.get("recall_sample"),
+                     "breadth": ix.get("breadth"), recall: ix.get(recall), "min_recall": ix.get("min_recall"),
+                     "sample": ix.get("recall_sample"),
                      "build_s": ix.get("build_seconds"), "memory_MiB": round(ix.get("memory_bytes", 0) / 2**20, 1),
                      "ranked_through": bool(ix.get("ranked_through"))})
     return rows

@@ -82,7 +82,17 @@ class Hnsw:
                                                 expansion_add=params["expansion_add"],
                                                 expansion_search=params["expansion_search"])
         index.add(np.arange(len(rows), dtype=np.uint64), rows, threads=threads)
-        return cls(index, {**params, "dim": rows.shape[1], "memory_bytes": int(index.memory_usage)})
+        return cls(index, {**params, "breadth": params["expansion_search"], "dim": rows.shape[1],
+                           "memory_bytes": int(index.memory_usage)})
+
+    def widen(self, breadth: int) -> int:
+        """Search ``breadth`` candidates per query from now on (usearch's expansion_search); return the breadth used."""
+        self.index.expansion_search = self.params["breadth"] = int(breadth)
+        return self.params["breadth"]
+
+    def max_breadth(self) -> int:
+        """Return the widest search worth trying: every item."""
+        return len(self.index)
 
     def search(self, q: torch.Tensor, m: int, threads: int) -> np.ndarray:
         """Return item rows (B, m) int64 of the best inner products, -1 where fewer were found."""
@@ -108,7 +118,7 @@ class Hnsw:
         index = import_library("usearch").Index.restore(str(path))
         if index is None:
             raise ValueError(f"{path} is not a usearch index")
-        index.expansion_search = params["expansion_search"]
+        index.expansion_search = params.get("breadth", params["expansion_search"])
         return cls(index, params)
 
     def size(self) -> tuple[int, int]:
@@ -138,15 +148,25 @@ class Ivf:
         sample = np.random.default_rng(params["seed"]).choice(len(x), min(len(x), TRAIN_PER_LIST * lists), replace=False)
         index.train(x[np.sort(sample)])
         index.add(x)
-        return cls(index, {**params, "lists": lists, "probe": min(params["probe"], lists), "dim": x.shape[1],
+        probe = min(params["probe"], lists)
+        return cls(index, {**params, "lists": lists, "probe": probe, "breadth": probe, "dim": x.shape[1],
                            "radius": float(np.linalg.norm(x[0])),
                            "memory_bytes": int(len(x) * (x.shape[1] * 4 + 8) + lists * x.shape[1] * 4)})
 
     def search(self, q: torch.Tensor, m: int, threads: int) -> np.ndarray:
         """Return item rows (B, m) int64 of the nearest lifted items in the probed lists, -1 where fewer were found."""
         import_library("faiss").omp_set_num_threads(threads)
-        self.index.nprobe = self.params["probe"]
+        self.index.nprobe = self.params.get("breadth", self.params["probe"])
         return self.index.search(lifted_queries(q, self.params["radius"]), m)[1]
+
+    def widen(self, breadth: int) -> int:
+        """Probe ``breadth`` lists per query from now on (at most every list); return the breadth used."""
+        self.params["breadth"] = min(int(breadth), self.params["lists"])
+        return self.params["breadth"]
+
+    def max_breadth(self) -> int:
+        """Return the widest search worth trying: every list (the lifted order is then the exact order)."""
+        return self.params["lists"]
 
     def save(self, path: Path) -> None:
         """Write the lists in FAISS's format."""

@@ -1,10 +1,12 @@
 """Which index serves a model, and the approximate one built, measured and stored beside the model file.
 
 ``index_for(model, model_path, serving)`` returns None (exact ranking) or an ``AnnIndex``: loaded
-from ``<model>.ivf`` when it was built from this model's output layer, else built, measured and
-saved there. The measurement is the index's recall@k against the exact top-k on sample sessions
-(the caller's, e.g. validation prefixes, or random items of the catalogue), with its build time
-and memory; it travels with the index (``AnnIndex.describe()``) into every result that used it.
+from ``<model>.ann`` when it was built from this model's output layer and settings, else built,
+measured and saved there. The measurement is the index's recall@k against the exact top-k on sample
+sessions (the caller's, e.g. validation prefixes, or random items of the catalogue), with its build
+time and memory; below ``serving.ann_min_recall`` its search is widened until it reaches it (each
+breadth tried is kept). All of it travels with the index (``AnnIndex.describe()``) into every result
+that used it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from seqrec.serving.topk import DotProductIndex
 
 log = logging.getLogger(__name__)
 SAMPLE_MAX_LENGTH = 5  # random sample sessions hold 1..5 items
+MAX_WIDEN = 32  # serving.ann_min_recall widens the search to at most this many times the breadth asked
 
 
 def index_path(model_path: Path | str) -> Path:
@@ -59,19 +62,43 @@ def sample_queries(model: Recommender, sample: tuple[np.ndarray, np.ndarray], ba
     return torch.cat(parts) if parts else torch.zeros(0, 1)
 
 
-def measure_recall(ann: AnnIndex, queries: torch.Tensor, k: int) -> dict:
-    """Return the index's recall@k against the exact top-k over ``queries`` (n, D), and both search rates."""
+def measure_recall(ann: AnnIndex, queries: torch.Tensor, k: int, min_recall: float = 0.0) -> dict:
+    """Return the index's recall@k against the exact top-k over ``queries`` (n, D), and both search rates.
+
+    While the recall is below ``min_recall`` the search is widened (``widen_to``); every breadth tried
+    is listed (``calibration``), the last one is the index's.
+    """
     exact = DotProductIndex(ann.weight, ann.bias)
     k = min(k, ann.n_items - 1)
     start = time.perf_counter()
     exact_values, _ = exact.search(queries, k)
     exact_s = time.perf_counter() - start
-    start = time.perf_counter()
-    ann_values, _ = ann.search(queries, k)
-    ann_s = time.perf_counter() - start
-    return {f"recall@{k}": round(tie_aware_recall(ann_values, exact_values), 4), "recall_k": k,
-            "recall_queries": len(queries), "exact_queries_per_s": round(len(queries) / max(exact_s, 1e-9)),
-            "ann_queries_per_s": round(len(queries) / max(ann_s, 1e-9))}
+    trials = widen_to(ann, queries, exact_values, min_recall)
+    return {f"recall@{k}": trials[-1][f"recall@{k}"], "recall_k": k, "recall_queries": len(queries),
+            "exact_queries_per_s": round(len(queries) / max(exact_s, 1e-9)),
+            "ann_queries_per_s": trials[-1]["ann_queries_per_s"], "min_recall": min_recall, "calibration": trials}
+
+
+def widen_to(ann: AnnIndex, queries: torch.Tensor, exact_values: torch.Tensor, min_recall: float) -> list[dict]:
+    """Return the breadth, recall@k and search rate of each try: the search doubled until its recall against
+    ``exact_values`` (n, k) reaches ``min_recall``, at most ``MAX_WIDEN`` times the breadth built with."""
+    k = exact_values.shape[1]
+    widest = min(ann.meta["breadth"] * MAX_WIDEN, ann.backend.max_breadth())
+    trials = []
+    while True:
+        start = time.perf_counter()
+        ann_values, _ = ann.search(queries, k)
+        rate = round(len(queries) / max(time.perf_counter() - start, 1e-9))
+        recall = round(tie_aware_recall(ann_values, exact_values), 4)
+        trials.append({"breadth": ann.meta["breadth"], f"recall@{k}": recall, "ann_queries_per_s": rate})
+        if recall >= min_recall or ann.meta["breadth"] >= widest:
+            break
+        ann.widen(min(ann.meta["breadth"] * 2, widest))
+    if recall < min_recall:
+        log.warning("the approximate index reaches recall@%d %.4f at its widest search (breadth %d), below "
+                    "serving.ann_min_recall %s: rank exactly, or build it with more links or lists",
+                    k, recall, ann.meta["breadth"], min_recall)
+    return trials
 
 
 def build_index(model: Recommender, serving: ServingConfig, sample: tuple[np.ndarray, np.ndarray] | None = None,
@@ -85,7 +112,8 @@ def build_index(model: Recommender, serving: ServingConfig, sample: tuple[np.nda
     else:
         keep = np.flatnonzero(sample[1] > 0)[: serving.recall_sessions]
         sample = (sample[0][keep], sample[1][keep])
-    ann.meta.update(measure_recall(ann, sample_queries(model, sample), serving.recall_k), recall_sample=sample_name)
+    queries = sample_queries(model, sample)
+    ann.meta.update(measure_recall(ann, queries, serving.recall_k, serving.ann_min_recall), recall_sample=sample_name)
     return ann
 
 
@@ -127,6 +155,8 @@ def same_settings(ann: AnnIndex, serving: ServingConfig) -> bool:
     """Return whether a stored index was built with the settings asked now (else it is rebuilt)."""
     m, asked = ann.meta, index_params(serving)
     if m["kind"] != asked["kind"] or m.get("recall_k") != serving.recall_k or m["extra"] != asked["extra"]:
+        return False
+    if m.get("min_recall") != serving.ann_min_recall:  # the breadth it was widened to answers another floor
         return False
     if m["head"] not in (0, min(asked["head"], m["items"])):  # 0: a model without bias has no head
         return False
