@@ -12,9 +12,12 @@ Sessions to rank: for GRU4Rec 1..30 random known items (``bench_recommend``'s), 
 of one group, drawn as in its training stream. The
 exact path (``recommend`` with no index, the in-process baseline) runs on ``--exact-sessions``
 of them; the model's forward pass alone (query vectors, no ranking) on all of them is the ceiling
-of either path; the index (``serving.index=ann``) is built with its recall measured on random sessions,
-then ``recommend`` through it runs on all ``--sessions``. ``list_recall@k`` compares the two
-paths' lists on the exact path's sessions (seen items excluded), tie-aware.
+of either path; the index (``serving.index=ann``) is built with its recall measured on
+``--calibration`` other sessions drawn the same way (as the pipeline measures it on validation
+prefixes; ``--random-sample``: random 1-5 item sessions, as the CLI without ``--sessions``) and its
+search widened until that recall reaches ``--min-recall``; then ``recommend`` through it runs on all
+``--sessions``. ``list_recall@k`` compares the two paths' lists on the exact path's sessions (seen
+items excluded), tie-aware.
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--probe", type=int, default=ServingConfig().ann_probe, help="ivf")
     p.add_argument("--lists", type=int, default=ServingConfig().ann_lists, help="ivf (0: 4 sqrt(items))")
     p.add_argument("--extra", type=int, default=ServingConfig().ann_extra)
+    p.add_argument("--min-recall", type=float, default=ServingConfig().ann_min_recall,
+                   help="serving.ann_min_recall: the search is widened until the calibration recall reaches it (0: never)")
+    p.add_argument("--calibration", type=int, default=ServingConfig().recall_sessions,
+                   help="held-out sessions the index's recall is measured (and its search widened) on")
+    p.add_argument("--random-sample", action="store_true", help="measure it on random 1-5 item sessions instead")
     p.add_argument("--head", type=int, default=ServingConfig().ann_head)
     return p.parse_args()
 
@@ -129,6 +137,16 @@ def train_model(vocab: ItemVocab, rng: np.random.Generator, args: argparse.Names
     return BPRMF(BprMfConfig(epochs=args.epochs)).fit(group_stream(vocab, int(args.events_per_item * vocab.size), rng))
 
 
+def calibration_sample(model, vocab: ItemVocab, args: argparse.Namespace, rng: np.random.Generator) -> dict:
+    """Return ``index_for``'s sample arguments: held-out sessions drawn as the ranked ones are (none: random ones)."""
+    if args.random_sample:
+        return {}
+    drawn = (make_sessions(vocab, args.calibration, 30, rng) if args.model == "gru4rec"
+             else group_sessions(vocab, args.calibration, rng))
+    enc = encode_sessions(drawn, vocab)
+    return {"sample": (enc.items, enc.lengths), "sample_name": f"{len(drawn)} held-out sessions drawn as the ranked ones"}
+
+
 def one_size(n_items: int, args: argparse.Namespace) -> dict:
     """Return the figures for one catalogue size."""
     rng = np.random.default_rng(0)
@@ -143,8 +161,8 @@ def one_size(n_items: int, args: argparse.Namespace) -> dict:
                          len(exact_sessions))
     serving = ServingConfig(index="ann", ann_kind=args.kind, ann_expansion_search=args.expansion_search,
                             ann_probe=args.probe, ann_lists=args.lists, ann_extra=args.extra, ann_head=args.head,
-                            recall_k=args.k)
-    ann = index_for(model, None, serving)
+                            recall_k=args.k, ann_min_recall=args.min_recall, recall_sessions=args.calibration)
+    ann = index_for(model, None, serving, **calibration_sample(model, vocab, args, rng))
     recommend(model, sessions[:64], k=args.k, vocab=vocab, index=ann)  # warm-up
     ann_rate, _ = rate(lambda: recommend(model, sessions, k=args.k, vocab=vocab, batch_size=args.batch_size, index=ann),
                        len(sessions))
@@ -156,7 +174,7 @@ def one_size(n_items: int, args: argparse.Namespace) -> dict:
             "forward_only_sessions_per_s": round(forward_rate(model, vocab, sessions, args.batch_size)),
             f"list_recall@{args.k}": round(list_recall(model, vocab, exact_sessions, ann, args.k), 4),
             "single_p50_ms": p50, "single_p99_ms": p99,
-            **{key: value for key, value in meta.items() if key not in ("index", "recall_k", "seed")},
+            **{key: value for key, value in meta.items() if key not in ("index", "recall_k", "seed", "built_at")},
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
 
 

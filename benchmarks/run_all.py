@@ -504,8 +504,9 @@ def figure_rows(record: dict) -> list[tuple[str, str]]:
 def ann_row(f: dict) -> tuple[str, str]:
     """Return the figure row of one ``bench_ann.py`` line: throughput, recall, build time and memory."""
     k = f.get("k", 10)
-    settings = (f"M={f.get('connectivity')}, ef={f.get('expansion_search')}" if f.get("kind") == "hnsw"
-                else f"{f.get('lists')} lists, probe {f.get('probe')}")
+    asked = f.get("expansion_search") if f.get("kind") == "hnsw" else f.get("probe")
+    used = asked if f.get("breadth", asked) == asked else f"{asked} widened to {f['breadth']} for recall {f.get('min_recall')}"
+    settings = (f"M={f.get('connectivity')}, ef={used}" if f.get("kind") == "hnsw" else f"{f.get('lists')} lists, probe {used}")
     return (f"{f.get('model')} {human(f.get('items'))} items, {f.get('kind')} ({settings}): {human(f.get('ann_sessions_per_s'))} "
             f"sessions/s (forward pass alone {human(f.get('forward_only_sessions_per_s'))}); list recall@{k} "
             f"{f.get(f'list_recall@{k}')}, sample recall@{k} {f.get(f'recall@{k}')}; build {f.get('build_seconds')} s, "

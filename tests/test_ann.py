@@ -130,8 +130,8 @@ def test_a_narrow_index_widens_its_search_until_its_recall_reaches_the_floor_and
     asked = ServingConfig(index="ann", ann_kind="ivf", ann_lists=16, ann_probe=1, ann_min_recall=1.0)
     built = index_for(model, mine, asked)
     trials = built.meta["calibration"]
-    assert [t["breadth"] for t in trials] == [2**i for i in range(len(trials))] and trials[0]["recall@10"] < 1.0
-    recalls = [t["recall@10"] for t in trials]
+    assert [t["breadth"] for t in trials] == [2**i for i in range(len(trials))] and trials[0]["recall"] < 1.0
+    recalls = [t["recall"] for t in trials]
     assert recalls == sorted(recalls) and recalls[-1] == 1.0 and max(recalls[:-1]) < 1.0  # stops at the first that reaches it
     assert built.meta["breadth"] == trials[-1]["breadth"] <= 16 and built.meta["probe"] == 1 and built.meta["recall@10"] == 1.0
     loaded = index_for(model, mine, asked)  # stored with the breadth it was widened to
@@ -140,7 +140,7 @@ def test_a_narrow_index_widens_its_search_until_its_recall_reaches_the_floor_and
     assert torch.equal(loaded.search(q, 10)[1], built.search(q, 10)[1])
     kept = index_for(model, mine, ServingConfig(**{**asked.model_dump(), "ann_min_recall": 0.0}))  # another floor: rebuilt
     assert kept.meta["built_at"] != built.meta["built_at"] and kept.meta["breadth"] == 1 and len(kept.meta["calibration"]) == 1
-    assert kept.meta["recall@10"] == trials[0]["recall@10"]  # the same lists, searched as asked
+    assert kept.meta["recall@10"] == trials[0]["recall"]  # the same lists, searched as asked
 
 
 def test_a_floor_the_widest_search_misses_is_said_and_the_widest_breadth_kept(trained, caplog):
@@ -151,6 +151,23 @@ def test_a_floor_the_widest_search_misses_is_said_and_the_widest_breadth_kept(tr
     assert [t["breadth"] for t in ann.meta["calibration"]] == [1, 2, 4, 8, 16, 32]  # 32 times the asked probe, no more
     assert ann.meta["breadth"] == 32 and ann.meta["recall@10"] < 1.0
     assert "below serving.ann_min_recall 1.0" in caplog.text and f"recall@10 {ann.meta['recall@10']:.4f}" in caplog.text
+
+
+def test_widening_stops_at_the_floor_at_the_widest_or_when_doubling_gains_nothing_and_keeps_the_narrower():
+    from seqrec.serving.indexes import kept_trial, next_breadth
+
+    def tries(*pairs):
+        return [{"breadth": b, "recall": r} for b, r in pairs]
+
+    assert next_breadth(tries((32, 0.90)), 0.95, 1024) == 64
+    assert next_breadth(tries((32, 0.90), (64, 0.93)), 0.95, 1024) == 128
+    assert next_breadth(tries((32, 0.90), (64, 0.96)), 0.95, 1024) is None  # floor reached
+    assert next_breadth(tries((512, 0.90)), 0.95, 600) == 600 and next_breadth(tries((600, 0.9)), 0.95, 600) is None
+    plateau = tries((32, 0.9422), (64, 0.9425))  # +0.0003: the misses are not where a wider search looks
+    assert next_breadth(plateau, 0.95, 1024) is None and kept_trial(plateau, 0.95) == plateau[0]
+    assert kept_trial(tries((32, 0.90), (64, 0.93)), 0.95)["breadth"] == 64  # stopped at the widest: still gaining
+    assert kept_trial(tries((32, 0.9495), (64, 0.9501)), 0.95)["breadth"] == 64  # a small gain that reaches the floor
+    assert kept_trial(tries((32, 0.90)), 0.0)["breadth"] == 32
 
 
 def test_recommend_through_the_index_names_it_and_matches_exact_when_every_list_is_probed(trained):

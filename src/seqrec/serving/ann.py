@@ -94,9 +94,9 @@ class AnnIndex:
                 "built_at": datetime.now(timezone.utc).isoformat()}  # microseconds: names this build among others
         return cls(backend, weight, bias, meta)
 
-    def widen(self, breadth: int) -> None:
-        """Search wider from now on (hnsw: ``breadth`` candidates explored, ivf: ``breadth`` lists probed)."""
-        self.meta["breadth"] = self.backend.widen(breadth)
+    def set_breadth(self, breadth: int) -> None:
+        """Search this wide from now on (hnsw: ``breadth`` candidates explored, ivf: ``breadth`` lists probed)."""
+        self.meta["breadth"] = self.backend.set_breadth(breadth)
 
     def describe(self) -> dict:
         """Return what results name: the index kind, its settings, build figures and measured recall."""

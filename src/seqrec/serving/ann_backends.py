@@ -85,7 +85,7 @@ class Hnsw:
         return cls(index, {**params, "breadth": params["expansion_search"], "dim": rows.shape[1],
                            "memory_bytes": int(index.memory_usage)})
 
-    def widen(self, breadth: int) -> int:
+    def set_breadth(self, breadth: int) -> int:
         """Search ``breadth`` candidates per query from now on (usearch's expansion_search); return the breadth used."""
         self.index.expansion_search = self.params["breadth"] = int(breadth)
         return self.params["breadth"]
@@ -159,7 +159,7 @@ class Ivf:
         self.index.nprobe = self.params.get("breadth", self.params["probe"])
         return self.index.search(lifted_queries(q, self.params["radius"]), m)[1]
 
-    def widen(self, breadth: int) -> int:
+    def set_breadth(self, breadth: int) -> int:
         """Probe ``breadth`` lists per query from now on (at most every list); return the breadth used."""
         self.params["breadth"] = min(int(breadth), self.params["lists"])
         return self.params["breadth"]

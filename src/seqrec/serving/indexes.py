@@ -27,6 +27,7 @@ from seqrec.serving.topk import DotProductIndex
 log = logging.getLogger(__name__)
 SAMPLE_MAX_LENGTH = 5  # random sample sessions hold 1..5 items
 MAX_WIDEN = 32  # serving.ann_min_recall widens the search to at most this many times the breadth asked
+MIN_GAIN = 0.001  # ... and stops when a doubling raises recall by less (the misses are elsewhere)
 
 
 def index_path(model_path: Path | str) -> Path:
@@ -66,7 +67,7 @@ def measure_recall(ann: AnnIndex, queries: torch.Tensor, k: int, min_recall: flo
     """Return the index's recall@k against the exact top-k over ``queries`` (n, D), and both search rates.
 
     While the recall is below ``min_recall`` the search is widened (``widen_to``); every breadth tried
-    is listed (``calibration``), the last one is the index's.
+    is listed (``calibration``), and the figures are those of the breadth the index keeps.
     """
     exact = DotProductIndex(ann.weight, ann.bias)
     k = min(k, ann.n_items - 1)
@@ -74,31 +75,57 @@ def measure_recall(ann: AnnIndex, queries: torch.Tensor, k: int, min_recall: flo
     exact_values, _ = exact.search(queries, k)
     exact_s = time.perf_counter() - start
     trials = widen_to(ann, queries, exact_values, min_recall)
-    return {f"recall@{k}": trials[-1][f"recall@{k}"], "recall_k": k, "recall_queries": len(queries),
+    kept = next(t for t in trials if t["breadth"] == ann.meta["breadth"])
+    return {f"recall@{k}": kept["recall"], "recall_k": k, "recall_queries": len(queries),
             "exact_queries_per_s": round(len(queries) / max(exact_s, 1e-9)),
-            "ann_queries_per_s": trials[-1]["ann_queries_per_s"], "min_recall": min_recall, "calibration": trials}
+            "ann_queries_per_s": kept["ann_queries_per_s"], "min_recall": min_recall, "calibration": trials}
 
 
 def widen_to(ann: AnnIndex, queries: torch.Tensor, exact_values: torch.Tensor, min_recall: float) -> list[dict]:
-    """Return the breadth, recall@k and search rate of each try: the search doubled until its recall against
-    ``exact_values`` (n, k) reaches ``min_recall``, at most ``MAX_WIDEN`` times the breadth built with."""
-    k = exact_values.shape[1]
+    """Return the breadth, recall@k and search rate of each try, the index left at the one ``kept_trial`` picks.
+
+    The search is doubled while its recall against ``exact_values`` (n, k) is below ``min_recall`` and
+    doubling still helps (``next_breadth``), at most ``MAX_WIDEN`` times the breadth built with.
+    """
     widest = min(ann.meta["breadth"] * MAX_WIDEN, ann.backend.max_breadth())
-    trials = []
+    trials: list[dict] = []
     while True:
         start = time.perf_counter()
-        ann_values, _ = ann.search(queries, k)
-        rate = round(len(queries) / max(time.perf_counter() - start, 1e-9))
-        recall = round(tie_aware_recall(ann_values, exact_values), 4)
-        trials.append({"breadth": ann.meta["breadth"], f"recall@{k}": recall, "ann_queries_per_s": rate})
-        if recall >= min_recall or ann.meta["breadth"] >= widest:
+        ann_values, _ = ann.search(queries, exact_values.shape[1])
+        trials.append({"breadth": ann.meta["breadth"], "recall": round(tie_aware_recall(ann_values, exact_values), 4),
+                       "ann_queries_per_s": round(len(queries) / max(time.perf_counter() - start, 1e-9))})
+        wider = next_breadth(trials, min_recall, widest)
+        if wider is None:
             break
-        ann.widen(min(ann.meta["breadth"] * 2, widest))
-    if recall < min_recall:
-        log.warning("the approximate index reaches recall@%d %.4f at its widest search (breadth %d), below "
-                    "serving.ann_min_recall %s: rank exactly, or build it with more links or lists",
-                    k, recall, ann.meta["breadth"], min_recall)
+        ann.set_breadth(wider)
+    kept = kept_trial(trials, min_recall)
+    ann.set_breadth(kept["breadth"])
+    if kept["recall"] < min_recall:
+        log.warning("the approximate index reaches recall@%d %.4f (search breadth %d; %s), below serving.ann_min_recall "
+                    "%s: its misses are not where a wider search looks; rank exactly or build it with more lists or links",
+                    exact_values.shape[1], kept["recall"], kept["breadth"],
+                    "the widest tried" if kept is trials[-1] else "wider gained nothing", min_recall)
     return trials
+
+
+def next_breadth(trials: list[dict], min_recall: float, widest: int) -> int | None:
+    """Return the breadth to try after ``trials`` ({breadth, recall} each, in order), or None to stop: the floor
+    is reached, the widest was tried, or the last doubling raised recall by less than ``MIN_GAIN``."""
+    last = trials[-1]
+    if last["recall"] >= min_recall or last["breadth"] >= widest:
+        return None
+    if len(trials) > 1 and last["recall"] - trials[-2]["recall"] < MIN_GAIN:
+        return None
+    return min(last["breadth"] * 2, widest)
+
+
+def kept_trial(trials: list[dict], min_recall: float) -> dict:
+    """Return the try whose breadth the index keeps: the last, unless it missed the floor and gained nothing on
+    the one before (then that narrower, faster one)."""
+    last = trials[-1]
+    if len(trials) > 1 and last["recall"] < min_recall and last["recall"] - trials[-2]["recall"] < MIN_GAIN:
+        return trials[-2]
+    return last
 
 
 def build_index(model: Recommender, serving: ServingConfig, sample: tuple[np.ndarray, np.ndarray] | None = None,
