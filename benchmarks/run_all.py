@@ -170,11 +170,12 @@ def plan_jobs(args: argparse.Namespace, out: Path) -> list[Job]:
                              ["--items", 50_000, "--sessions", 2_048 if quick else 10_240, "--single", 100 if quick else 300,
                               "--threads", w]))
     if "ann" in args.stages:
+        sizes = args.ann_items or ("50000" if quick else "50000,1000000,3600000")
         jobs.append(make_job("ann", "gru4rec", "bench_ann.py",
-                             ["--items", "50000" if quick else "50000,1000000,3600000", "--sessions", 2_048 if quick else 10_240,
+                             ["--items", sizes, "--sessions", 2_048 if quick else 10_240,
                               "--exact-sessions", 512 if quick else 1_024, "--single", 50 if quick else 300, "--threads", w]))
         jobs.append(make_job("ann", "gru4rec-ivf", "bench_ann.py",
-                             ["--kind", "ivf", "--items", "50000" if quick else "50000,1000000", "--sessions", 2_048 if quick else 10_240,
+                             ["--kind", "ivf", "--items", sizes, "--sessions", 2_048 if quick else 10_240,
                               "--exact-sessions", 512 if quick else 1_024, "--single", 50 if quick else 100, "--threads", w]))
     if "cluster" in args.stages and (small := [n for n in args.scale_list if n <= CLUSTER_SCALE]):
         scale = max(small)  # on that scale's data root (generated first when missing)
@@ -666,18 +667,22 @@ def target_recommend(records: list[dict]) -> tuple[str, str, str]:
 
 
 def target_ann(records: list[dict], small: bool) -> tuple[str, str, str]:
-    figs = [f for _, f in ok_figs(records, "ann", "gru4rec") if (f.get("items", 0) <= 50_000) == small]
+    """Return the ANN target at 50k items (``small``) or at 1M and 3.6M: met at a size when either kind meets it."""
+    figs = [f for variant in ("gru4rec", "gru4rec-ivf") for _, f in ok_figs(records, "ann", variant)
+            if (f.get("items", 0) <= 50_000) == small]
     if not figs:
         return "not measured", "bench_ann.py did not run at these sizes", ""
     rate, need = (20_000, 0.98) if small else (5_000, 0.95)
     recall = lambda f: f.get(f"list_recall@{f.get('k', 10)}", 0.0)  # noqa: E731
-    met = all(f["ann_sessions_per_s"] >= rate and recall(f) >= need for f in figs)
-    measured = "; ".join(f"{human(f['items'])} items: {human(f['ann_sessions_per_s'])} sessions/s, recall@{f.get('k', 10)} "
-                         f"{recall(f)} (exact {human(f['exact_sessions_per_s'])}/s), build {f['build_seconds']} s, "
-                         f"{human(f['memory_bytes'])}B" for f in figs)
-    limit = ("recall of the index's lists against the exact lists on the same sessions, seen items excluded, ties "
-             "counted; sessions/s include GRU4Rec's own forward pass over 1-30 items (forward_only in the table), which "
-             "bounds either path")
+    sizes = sorted({f["items"] for f in figs})
+    met = all(any(f["ann_sessions_per_s"] >= rate and recall(f) >= need for f in figs if f["items"] == n) for n in sizes)
+    measured = "; ".join(f"{human(f['items'])} items, {f.get('kind')}: {human(f['ann_sessions_per_s'])} sessions/s, "
+                         f"recall@{f.get('k', 10)} {recall(f)} (exact {human(f['exact_sessions_per_s'])}/s), build "
+                         f"{f['build_seconds']} s, {human(f['memory_bytes'])}B"
+                         for f in sorted(figs, key=lambda f: (f["items"], f.get("kind", ""))))
+    limit = ("met at a size when either index kind (serving.ann_kind) meets it there; recall of the index's lists "
+             "against the exact lists on the same sessions, seen items excluded, ties counted; sessions/s include "
+             "GRU4Rec's own forward pass over 1-30 items (forward_only in the table), which bounds either path")
     return ("met" if met else "not met"), measured, limit
 
 
@@ -997,6 +1002,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--domains", default="marketplace,retail,offers", help="domains to generate")
     p.add_argument("--timeout", type=float, default=None, help="seconds per script (default 7200; 900 with --quick)")
     p.add_argument("--report-only", action="store_true", help="run nothing; render the stored results")
+    p.add_argument("--ann-items", default=None,
+                   help="catalogue sizes of the ann stage, comma-separated (default 50k,1M,3.6M; HNSW's 3.6M build is about half an hour)")
     args = p.parse_args(argv)
     args.scale_list = list(QUICK_SCALES) if args.quick else [int(s.replace("_", "")) for s in args.scales.split(",") if s]
     args.stages = STAGES if args.only is None else tuple(s.strip() for s in args.only.split(",") if s.strip())
