@@ -164,7 +164,8 @@ def add_serving_commands(sub) -> None:
     p = sub.add_parser("index", help="build a model's approximate (ANN) index beside it; print recall@k, build time, memory")
     add_common(p)
     p.add_argument("model", type=Path, help="a GRU4Rec, SASRec or BPR-MF model file")
-    p.add_argument("--sessions", type=Path, help="sessions to measure recall on (default: random items)")
+    p.add_argument("--sessions", type=Path, help="sessions to measure recall on, and to widen the search until it reaches "
+                   "serving.ann_min_recall (default: random items; sessions like the served ones measure what they get)")
     p.add_argument("--rebuild", action="store_true", help="build again even when a matching index is stored")
     p.set_defaults(func=cmd_index)
 
