@@ -307,3 +307,19 @@ def test_a_corrupt_stored_index_is_rebuilt_and_a_markov_model_has_no_index(train
     assert index_for(markov, mpath, serving) is None  # count models are always exact
     proc = subprocess.run([sys.executable, "-m", "seqrec.cli", "index", str(mpath), "--json"], capture_output=True, text=True)
     assert proc.returncode == 1 and "no dot-product output layer" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_sample_without_known_items_falls_back_to_random_sessions_and_the_cli_says_which_file(trained, tmp_path, caplog):
+    import subprocess
+    import sys
+
+    model, path = trained
+    nothing = (np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64))  # three sessions, no known item
+    with caplog.at_level(logging.WARNING, logger="seqrec.serving.indexes"):
+        ann = index_for(model, None, ServingConfig(index="ann", ann_kind="ivf", ann_lists=4), sample=nothing, sample_name="x")
+    assert ann.meta["recall_sample"].endswith("random items") and ann.meta["recall_queries"] == 2000
+    assert "no session of the sample (x) holds a known item" in caplog.text
+    (tmp_path / "unknown.txt").write_text("nope zilch\nnada\n")
+    proc = subprocess.run([sys.executable, "-m", "seqrec.cli", "index", str(path), "--sessions", str(tmp_path / "unknown.txt")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "unknown.txt: no session holds an item of the model's catalogue (3 unknown ids)" in proc.stderr

@@ -223,6 +223,9 @@ def cmd_index(args: argparse.Namespace) -> dict:
     sample, name = None, ""
     if args.sessions is not None:
         enc = encode_sessions(read_sessions_file(args.sessions), model_vocab(model))
+        if not (enc.lengths > 0).any():
+            raise ValueError(f"{args.sessions}: no session holds an item of the model's catalogue "
+                             f"({enc.unknown_items} unknown ids); recall would be measured on nothing")
         sample, name = (enc.items, enc.lengths), f"sessions of {args.sessions}"
     index = index_for(model, args.model, cfg.serving, sample=sample, sample_name=name, rebuild=args.rebuild)
     return {"model": str(args.model), "path": str(index_path(args.model)), **index.describe()}

@@ -133,12 +133,16 @@ def build_index(model: Recommender, serving: ServingConfig, sample: tuple[np.nda
     """Return a new index over the model's output layer, with its recall measured on ``sample`` (or random sessions)."""
     weight, bias = model.output_layer()
     ann = AnnIndex.build(weight, bias, **index_params(serving))
+    if sample is not None:
+        keep = np.flatnonzero(sample[1] > 0)[: serving.recall_sessions]
+        sample = (sample[0][keep], sample[1][keep])
+        if not len(keep):
+            log.warning("no session of the sample (%s) holds a known item: recall is measured on random sessions",
+                        sample_name or "given")
+            sample = None
     if sample is None:
         sample = random_sessions(len(weight), serving.recall_sessions, seed=0)
         sample_name = f"{serving.recall_sessions} sessions of 1-{SAMPLE_MAX_LENGTH} random items"
-    else:
-        keep = np.flatnonzero(sample[1] > 0)[: serving.recall_sessions]
-        sample = (sample[0][keep], sample[1][keep])
     queries = sample_queries(model, sample)
     ann.meta.update(measure_recall(ann, queries, serving.recall_k, serving.ann_min_recall), recall_sample=sample_name)
     return ann
