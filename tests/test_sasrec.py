@@ -111,17 +111,17 @@ def test_chunked_cross_entropy_equals_autograd_through_the_whole_matrix(monkeypa
     y = torch.tensor([1, 2, 6, 6, 3, 1, 5, 4, 2])
     loss = full_cross_entropy(h, w, y)  # the chunked path on CPU
     (2.5 * loss).backward()
-    got = (float(loss), h.grad.clone(), w.grad.clone())
+    got = (loss.item(), h.grad.clone(), w.grad.clone())
     h.grad = w.grad = None
     logits = h @ w.T
     logits[:, 0] = float("-inf")
     reference = torch.nn.functional.cross_entropy(logits, y)
     (2.5 * reference).backward()
-    assert got[0] == pytest.approx(float(reference), rel=1e-6)
+    assert got[0] == pytest.approx(reference.item(), rel=1e-6)
     assert torch.allclose(got[1], h.grad, atol=1e-6) and torch.allclose(got[2], w.grad, atol=1e-6)
     assert float(got[2][0].abs().max()) == 0.0  # the padding row gets no gradient
     with torch.no_grad():  # scoring a loss without gradients takes the same path and gives the same value
-        assert float(full_cross_entropy(h, w, y)) == pytest.approx(float(reference), rel=1e-6)
+        assert float(full_cross_entropy(h, w, y)) == pytest.approx(reference.item(), rel=1e-6)
 
 
 def test_sampled_softmax_applies_log_q_and_masks_accidental_hits():
