@@ -51,6 +51,25 @@ def test_every_list_probed_is_exact_with_bias_and_banned_items():
     assert torch.equal(ai, ei)
     assert torch.allclose(av, ev, atol=1e-4)
     assert not (ai[:, :, None] == banned[:, None, :4]).any()
+    best = exact.search(q, 13)[1]  # ban each row's own best items: the lists must reach past them
+    top = torch.cat([best[:, [0, 2, 5]], torch.zeros(40, 1, dtype=torch.int64)], 1)  # 1st, 3rd, 6th and padding
+    av, ai = ann.search(q, 10, top)
+    assert torch.equal(ai, best[:, [1, 3, 4, 6, 7, 8, 9, 10, 11, 12]]) and torch.isfinite(av).all()
+
+
+def test_a_row_with_fewer_allowed_items_than_k_ends_at_minus_infinity():
+    torch.manual_seed(1)
+    weight, bias = torch.randn(13, 4), torch.randn(13)  # 12 items and padding
+    for head in (0, 256):  # the lists' candidates alone, and every item as a head item
+        ann = AnnIndex.build(weight, bias, kind="ivf", lists=1, probe=1, head=head)
+        q = torch.randn(2, 4)
+        banned = torch.tensor([[1, 2, 3, 4, 5], [12, 0, 0, 0, 0]])
+        values, idx = ann.search(q, 10, banned)
+        exact_values, exact_idx = DotProductIndex(weight, bias).search(q, 10, banned)
+        assert torch.isinf(values[0, 7:]).all() and sorted(idx[0, :7].tolist()) == list(range(6, 13))  # slots past -inf: any index
+        assert torch.equal(idx[0, :7], exact_idx[0, :7]) and torch.equal(idx[1], exact_idx[1])
+        assert torch.isfinite(values[1]).all() and 12 not in idx[1].tolist()
+        assert torch.allclose(values[torch.isfinite(values)], exact_values[torch.isfinite(exact_values)], atol=1e-5)
 
 
 def test_repeat_terms_match_the_exact_path_when_every_list_is_probed():

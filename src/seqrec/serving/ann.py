@@ -120,10 +120,14 @@ class AnnIndex:
         if term is not None:
             cand = torch.cat([torch.zeros(len(q), 1, dtype=torch.int64), term.items_seen, cand], 1)
             scores = term.term.apply(scores)
+        # the best k + L first, then the session's items out of those (each item holds one finite column)
+        values, pos = torch.topk(scores, min(k + (banned.shape[1] if banned is not None else 0), scores.shape[1]), dim=1)
+        idx = cand.gather(1, pos)
         if banned is not None:
-            scores = scores.masked_fill((cand[:, :, None] == banned.cpu()[:, None, :]).any(-1), -math.inf)
-        values, pos = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        return pad_columns(values, k, -math.inf), pad_columns(cand.gather(1, pos), k, PAD)
+            hit = (idx[:, :, None] == banned.cpu()[:, None, :]).any(-1)  # (B, k + L)
+            order = torch.argsort(hit.to(torch.int8), dim=1, stable=True)[:, :k]  # allowed first, rank kept
+            values, idx = values.gather(1, order).masked_fill(hit.gather(1, order), -math.inf), idx.gather(1, order)
+        return pad_columns(values, k, -math.inf), pad_columns(idx, k, PAD)
 
     def scored_candidates(self, q: torch.Tensor, found: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (candidates (B, T + m), their exact scores) from the lists' items (B, m) and the head's T items.
