@@ -137,7 +137,7 @@ def train_model(vocab: ItemVocab, rng: np.random.Generator, args: argparse.Names
     return BPRMF(BprMfConfig(epochs=args.epochs)).fit(group_stream(vocab, int(args.events_per_item * vocab.size), rng))
 
 
-def calibration_sample(model, vocab: ItemVocab, args: argparse.Namespace, rng: np.random.Generator) -> dict:
+def calibration_sample(vocab: ItemVocab, args: argparse.Namespace, rng: np.random.Generator) -> dict:
     """Return ``index_for``'s sample arguments: held-out sessions drawn as the ranked ones are (none: random ones)."""
     if args.random_sample:
         return {}
@@ -162,7 +162,7 @@ def one_size(n_items: int, args: argparse.Namespace) -> dict:
     serving = ServingConfig(index="ann", ann_kind=args.kind, ann_expansion_search=args.expansion_search,
                             ann_probe=args.probe, ann_lists=args.lists, ann_extra=args.extra, ann_head=args.head,
                             recall_k=args.k, ann_min_recall=args.min_recall, recall_sessions=args.calibration)
-    ann = index_for(model, None, serving, **calibration_sample(model, vocab, args, rng))
+    ann = index_for(model, None, serving, **calibration_sample(vocab, args, rng))
     recommend(model, sessions[:64], k=args.k, vocab=vocab, index=ann)  # warm-up
     ann_rate, _ = rate(lambda: recommend(model, sessions, k=args.k, vocab=vocab, batch_size=args.batch_size, index=ann),
                        len(sessions))

@@ -37,7 +37,7 @@ from seqrec.serving.ann_backends import BACKENDS
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3
+FORMAT = 4  # 4: the meta holds the search breadth kept ("breadth"); older files are rebuilt
 DEFAULTS = {"hnsw": {"connectivity": 16, "expansion_add": 64, "expansion_search": 64},
             "ivf": {"lists": 0, "probe": 32, "seed": 0}}
 

@@ -118,7 +118,7 @@ class Hnsw:
         index = import_library("usearch").Index.restore(str(path))
         if index is None:
             raise ValueError(f"{path} is not a usearch index")
-        index.expansion_search = params.get("breadth", params["expansion_search"])
+        index.expansion_search = params["breadth"]
         return cls(index, params)
 
     def size(self) -> tuple[int, int]:
@@ -156,7 +156,7 @@ class Ivf:
     def search(self, q: torch.Tensor, m: int, threads: int) -> np.ndarray:
         """Return item rows (B, m) int64 of the nearest lifted items in the probed lists, -1 where fewer were found."""
         import_library("faiss").omp_set_num_threads(threads)
-        self.index.nprobe = self.params.get("breadth", self.params["probe"])
+        self.index.nprobe = self.params["breadth"]
         return self.index.search(lifted_queries(q, self.params["radius"]), m)[1]
 
     def set_breadth(self, breadth: int) -> int:

@@ -74,15 +74,16 @@ def measure_recall(ann: AnnIndex, queries: torch.Tensor, k: int, min_recall: flo
     start = time.perf_counter()
     exact_values, _ = exact.search(queries, k)
     exact_s = time.perf_counter() - start
-    trials = widen_to(ann, queries, exact_values, min_recall)
-    kept = next(t for t in trials if t["breadth"] == ann.meta["breadth"])
+    trials, kept = widen_to(ann, queries, exact_values, min_recall)
     return {f"recall@{k}": kept["recall"], "recall_k": k, "recall_queries": len(queries),
             "exact_queries_per_s": round(len(queries) / max(exact_s, 1e-9)),
             "ann_queries_per_s": kept["ann_queries_per_s"], "min_recall": min_recall, "calibration": trials}
 
 
-def widen_to(ann: AnnIndex, queries: torch.Tensor, exact_values: torch.Tensor, min_recall: float) -> list[dict]:
-    """Return the breadth, recall@k and search rate of each try, the index left at the one ``kept_trial`` picks.
+def widen_to(ann: AnnIndex, queries: torch.Tensor, exact_values: torch.Tensor,
+             min_recall: float) -> tuple[list[dict], dict]:
+    """Return (the breadth, recall@k and search rate of each try, the try kept): the index is left at the one
+    ``kept_trial`` picks.
 
     The search is doubled while its recall against ``exact_values`` (n, k) is below ``min_recall`` and
     doubling still helps (``next_breadth``), at most ``MAX_WIDEN`` times the breadth built with.
@@ -105,7 +106,7 @@ def widen_to(ann: AnnIndex, queries: torch.Tensor, exact_values: torch.Tensor, m
                     "%s: its misses are not where a wider search looks; rank exactly or build it with more lists or links",
                     exact_values.shape[1], kept["recall"], kept["breadth"],
                     "the widest tried" if kept is trials[-1] else "wider gained nothing", min_recall)
-    return trials
+    return trials, kept
 
 
 def next_breadth(trials: list[dict], min_recall: float, widest: int) -> int | None:
