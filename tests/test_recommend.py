@@ -61,6 +61,14 @@ def test_encode_ids_maps_known_ids_and_zeroes_unknown_ones():
     assert encode_sessions([np.array(IDS[:2], dtype=object), [IDS[2]]], VOCAB).items.tolist() == [[1, 2], [3, 0]]
 
 
+def test_encode_sessions_reads_numeric_ids_as_their_text():
+    vocab = ItemVocab(np.array(["<pad>", "5", "12", "7"], dtype=object))
+    enc = encode_sessions([[12, np.int64(7), "5"], np.array([5, 99]), [np.str_("12"), 12.0]], vocab)
+    np.testing.assert_array_equal(enc.items, [[2, 3, 1], [1, 0, 0], [2, 0, 0]])  # 99 and "12.0" are unknown
+    np.testing.assert_array_equal(enc.lengths, [3, 1, 1])
+    assert enc.unknown_items == 2
+
+
 def test_top_k_unseen_skips_padding_and_seen_items():
     scores = torch.tensor([[9.0, 5.0, 4.0, 3.0, 2.0], [9.0, 1.0, 2.0, 3.0, 4.0]])  # column 0 = padding
     items = torch.tensor([[1, 3], [4, 0]])

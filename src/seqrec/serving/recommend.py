@@ -174,7 +174,12 @@ def encode_ids(flat: list[str], vocab: ItemVocab) -> np.ndarray:
 def encode_sessions(sessions: Sequence[Sequence[str]] | Sequence[np.ndarray], vocab: ItemVocab) -> EncodedSessions:
     """Return sessions as dense left-aligned arrays, unknown ids removed and counted."""
     sizes = np.fromiter(map(len, sessions), dtype=np.int64, count=len(sessions))
-    codes = encode_ids([i if type(i) is str else str(i) for i in chain.from_iterable(sessions)], vocab)  # (N,), 0 = unknown
+    flat = list(chain.from_iterable(sessions))
+    codes = encode_ids(flat, vocab)  # (N,), 0 = unknown; ids are looked up as given, strings being the common case
+    miss = np.flatnonzero(codes == PAD)
+    retry = [j for j in miss.tolist() if type(flat[j]) is not str]  # numbers (int ids, numpy scalars): as text
+    if retry:
+        codes[retry] = encode_ids([str(flat[j]) for j in retry], vocab)
     known = codes > PAD
     rows = np.repeat(np.arange(len(sizes)), sizes)[known]
     lengths = np.bincount(rows, minlength=len(sizes)).astype(np.int64)  # (B,)
