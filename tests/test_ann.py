@@ -163,13 +163,21 @@ def test_a_narrow_index_widens_its_search_until_its_recall_reaches_the_floor_and
 
 
 def test_a_floor_the_widest_search_misses_is_said_and_the_widest_breadth_kept(trained, caplog):
+    from seqrec.serving.indexes import measure_recall, random_sessions, sample_queries
+
     model, _ = trained
-    asked = ServingConfig(index="ann", ann_kind="ivf", ann_lists=100, ann_probe=1, ann_head=0, ann_min_recall=1.0)
+    ann = index_for(model, None, ServingConfig(index="ann", ann_kind="ivf", ann_lists=100, ann_probe=1, ann_head=0,
+                                               ann_min_recall=0.0))
+    queries = sample_queries(model, random_sessions(model.vocab.size, 500, seed=0))
     with caplog.at_level(logging.WARNING, logger="seqrec.serving.indexes"):
-        ann = index_for(model, None, asked)
-    assert [t["breadth"] for t in ann.meta["calibration"]] == [1, 2, 4, 8, 16, 32]  # 32 times the asked probe, no more
-    assert ann.meta["breadth"] == 32 and ann.meta["recall@10"] < 1.0
-    assert "below serving.ann_min_recall 1.0" in caplog.text and f"recall@10 {ann.meta['recall@10']:.4f}" in caplog.text
+        figures = measure_recall(ann, queries, 10, min_recall=1.0, max_widen=32)
+    assert [t["breadth"] for t in figures["calibration"]] == [1, 2, 4, 8, 16, 32]  # 32 times the asked probe, no more
+    assert ann.meta["breadth"] == 32 and figures["recall@10"] < 1.0
+    assert "below serving.ann_min_recall 1.0" in caplog.text and f"recall@10 {figures['recall@10']:.4f}" in caplog.text
+    ann.set_breadth(1)
+    wider = measure_recall(ann, queries, 10, min_recall=1.0)  # the default cap (256 times) goes on to the floor
+    assert [t["recall"] for t in wider["calibration"]][:6] == [t["recall"] for t in figures["calibration"]]  # same tries
+    assert ann.meta["breadth"] == 64 and wider["recall@10"] == 1.0 and wider["calibration"][-1]["breadth"] == 64
 
 
 def test_widening_stops_at_the_floor_at_the_widest_or_when_doubling_gains_nothing_and_keeps_the_narrower():

@@ -25,11 +25,11 @@ class ServingConfig(Section):
     ann_expansion_add: int = Field(64, gt=0)  # hnsw: search breadth while building (build time vs recall)
     ann_expansion_search: int = Field(64, gt=0)  # hnsw: search breadth per query (recall vs speed)
     ann_lists: int = Field(0, ge=0)  # ivf: inverted lists; 0 = 4 sqrt(items)
-    ann_probe: int = Field(32, gt=0)  # ivf: lists searched per query
+    ann_probe: int = Field(4, gt=0)  # ivf: lists searched per query, to start with (ann_min_recall widens it)
     ann_extra: int = Field(10, ge=0)  # candidates fetched beyond k (rounding slack: the lifted order is the score order)
     ann_head: int = Field(256, ge=0)  # items of highest bias scored for every query (short queries rank by bias)
     recall_sessions: int = Field(2000, gt=0)  # sessions the index's recall@k is measured on when it is built
-    # the search is widened (hnsw expansion, ivf probe: doubled, at most 32 times the asked one) until the measured
+    # the search is widened (hnsw expansion, ivf probe: doubled, at most 256 times the asked one) until the measured
     # recall@k reaches this; 0 keeps the asked breadth whatever its recall
     ann_min_recall: float = Field(0.95, ge=0, le=1)
     recall_k: int = Field(10, gt=0)

@@ -26,7 +26,7 @@ from seqrec.serving.topk import DotProductIndex
 
 log = logging.getLogger(__name__)
 SAMPLE_MAX_LENGTH = 5  # random sample sessions hold 1..5 items
-MAX_WIDEN = 32  # serving.ann_min_recall widens the search to at most this many times the breadth asked
+MAX_WIDEN = 256  # serving.ann_min_recall widens the search to at most this many times the breadth asked
 MIN_GAIN = 0.001  # ... and stops when a doubling raises recall by less (the misses are elsewhere)
 
 
@@ -63,7 +63,7 @@ def sample_queries(model: Recommender, sample: tuple[np.ndarray, np.ndarray], ba
     return torch.cat(parts) if parts else torch.zeros(0, 1)
 
 
-def measure_recall(ann: AnnIndex, queries: torch.Tensor, k: int, min_recall: float = 0.0) -> dict:
+def measure_recall(ann: AnnIndex, queries: torch.Tensor, k: int, min_recall: float = 0.0, max_widen: int = MAX_WIDEN) -> dict:
     """Return the index's recall@k against the exact top-k over ``queries`` (n, D), and both search rates.
 
     While the recall is below ``min_recall`` the search is widened (``widen_to``); every breadth tried
@@ -74,21 +74,21 @@ def measure_recall(ann: AnnIndex, queries: torch.Tensor, k: int, min_recall: flo
     start = time.perf_counter()
     exact_values, _ = exact.search(queries, k)
     exact_s = time.perf_counter() - start
-    trials, kept = widen_to(ann, queries, exact_values, min_recall)
+    trials, kept = widen_to(ann, queries, exact_values, min_recall, max_widen)
     return {f"recall@{k}": kept["recall"], "recall_k": k, "recall_queries": len(queries),
             "exact_queries_per_s": round(len(queries) / max(exact_s, 1e-9)),
             "ann_queries_per_s": kept["ann_queries_per_s"], "min_recall": min_recall, "calibration": trials}
 
 
 def widen_to(ann: AnnIndex, queries: torch.Tensor, exact_values: torch.Tensor,
-             min_recall: float) -> tuple[list[dict], dict]:
+             min_recall: float, max_widen: int = MAX_WIDEN) -> tuple[list[dict], dict]:
     """Return (the breadth, recall@k and search rate of each try, the try kept): the index is left at the one
     ``kept_trial`` picks.
 
     The search is doubled while its recall against ``exact_values`` (n, k) is below ``min_recall`` and
-    doubling still helps (``next_breadth``), at most ``MAX_WIDEN`` times the breadth built with.
+    doubling still helps (``next_breadth``), at most ``max_widen`` times the breadth built with.
     """
-    widest = min(ann.meta["breadth"] * MAX_WIDEN, ann.backend.max_breadth())
+    widest = min(ann.meta["breadth"] * max_widen, ann.backend.max_breadth())
     trials: list[dict] = []
     while True:
         start = time.perf_counter()
