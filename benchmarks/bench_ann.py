@@ -60,8 +60,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--probe", type=int, default=ServingConfig().ann_probe, help="ivf")
     p.add_argument("--lists", type=int, default=ServingConfig().ann_lists, help="ivf (0: 4 sqrt(items))")
     p.add_argument("--extra", type=int, default=ServingConfig().ann_extra)
-    p.add_argument("--min-recall", type=float, default=ServingConfig().ann_min_recall,
-                   help="serving.ann_min_recall: the search is widened until the calibration recall reaches it (0: never)")
+    p.add_argument("--min-recall", default=str(ServingConfig().ann_min_recall),
+                   help="serving.ann_min_recall: the search is widened until the calibration recall reaches it (0: never); "
+                        "one value, or one per --items size")
     p.add_argument("--calibration", type=int, default=ServingConfig().recall_sessions,
                    help="held-out sessions the index's recall is measured (and its search widened) on")
     p.add_argument("--random-sample", action="store_true", help="measure it on random 1-5 item sessions instead")
@@ -158,7 +159,7 @@ def calibration_sample(vocab: ItemVocab, args: argparse.Namespace, rng: np.rando
     return {"sample": (enc.items, enc.lengths), "sample_name": f"{len(drawn)} held-out sessions drawn as the ranked ones"}
 
 
-def one_size(n_items: int, args: argparse.Namespace) -> dict:
+def one_size(n_items: int, min_recall: float, args: argparse.Namespace) -> dict:
     """Return the figures for one catalogue size."""
     rng = np.random.default_rng(0)
     vocab = ItemVocab(np.array(["<pad>"] + [f"item-{i}" for i in range(n_items)], dtype=object))
@@ -172,7 +173,7 @@ def one_size(n_items: int, args: argparse.Namespace) -> dict:
                                     len(exact_sessions), args.passes)
     serving = ServingConfig(index="ann", ann_kind=args.kind, ann_expansion_search=args.expansion_search,
                             ann_probe=args.probe, ann_lists=args.lists, ann_extra=args.extra, ann_head=args.head,
-                            recall_k=args.k, ann_min_recall=args.min_recall, recall_sessions=args.calibration)
+                            recall_k=args.k, ann_min_recall=min_recall, recall_sessions=args.calibration)
     ann = index_for(model, None, serving, **calibration_sample(vocab, args, rng))
     recommend(model, sessions[:64], k=args.k, vocab=vocab, index=ann)  # warm-up
     ann_rate, ann_passes = rate(lambda: recommend(model, sessions, k=args.k, vocab=vocab, batch_size=args.batch_size, index=ann),
@@ -194,8 +195,12 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("seqrec.serving.recommend").setLevel(logging.ERROR)
-    for n_items in [int(v) for v in args.items.split(",") if v.strip()]:
-        print(json.dumps(one_size(n_items, args)), flush=True)
+    sizes = [int(v) for v in args.items.split(",") if v.strip()]
+    floors = [float(v) for v in args.min_recall.split(",") if v.strip()]
+    if len(floors) not in (1, len(sizes)):
+        raise SystemExit(f"--min-recall {args.min_recall}: give one floor, or one per size of --items {args.items}")
+    for n_items, floor in zip(sizes, floors * len(sizes) if len(floors) == 1 else floors):
+        print(json.dumps(one_size(n_items, floor, args)), flush=True)
 
 
 if __name__ == "__main__":
