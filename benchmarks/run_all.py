@@ -10,7 +10,9 @@ Per scale (marketplace events), ``bench_generate.py`` writes a T-ECD root once i
 ``bench_features.py`` where it accepts ``--root``; otherwise it generates its own data under
 ``<out>/work``) run on it. ``bench_gru4rec.py``, ``bench_sasrec.py``, ``bench_evaluation.py`` and
 ``bench_recommend.py``, ``bench_ann.py`` (approximate index against exact ranking, 50k / 1M / 3.6M items) and
-``bench_serve.py`` (HTTP load test) run once, at one fixed configuration each (smaller with ``--quick``).
+``bench_serve.py`` (HTTP load test) run once, at one fixed configuration each (smaller with ``--quick``);
+``bench_ann.py`` once per index kind and catalogue size (``--ann-kinds``, ``--ann-items``), each index asked
+for the recall its target names.
 
 Each script runs as ``sys.executable <script> ...`` with its own stdout/stderr logs under
 ``<out>/logs``. Wall time is measured around the child; peak memory is the larger of (a) the
