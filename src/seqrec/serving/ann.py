@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seqrec.config import ServingConfig
 from seqrec.models.repeat import RepeatTerm
 from seqrec.sequences import PAD
 from seqrec.serving.ann_backends import BACKENDS
@@ -38,8 +39,17 @@ from seqrec.serving.ann_backends import BACKENDS
 log = logging.getLogger(__name__)
 
 FORMAT = 4  # 4: the meta holds the search breadth kept ("breadth"); older files are rebuilt
-DEFAULTS = {"hnsw": {"connectivity": 16, "expansion_add": 64, "expansion_search": 64},
-            "ivf": {"lists": 0, "probe": 32, "seed": 0}}
+
+
+def kind_params(serving: ServingConfig) -> dict:
+    """Return the settings of ``serving.ann_kind``'s library (``AnnIndex.build``'s ``params``)."""
+    if serving.ann_kind == "hnsw":
+        return {"connectivity": serving.ann_connectivity, "expansion_add": serving.ann_expansion_add,
+                "expansion_search": serving.ann_expansion_search}
+    return {"lists": serving.ann_lists, "probe": serving.ann_probe, "seed": 0}
+
+
+DEFAULTS = {kind: kind_params(ServingConfig(ann_kind=kind)) for kind in ("hnsw", "ivf")}  # the config's defaults
 
 
 def threads() -> int:
@@ -79,8 +89,8 @@ class AnnIndex:
         self.is_head[self.head] = True
 
     @classmethod
-    def build(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, kind: str = "hnsw", extra: int = 10,
-              head: int = 256, **params) -> "AnnIndex":
+    def build(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, kind: str = ServingConfig().ann_kind,
+              extra: int = ServingConfig().ann_extra, head: int = ServingConfig().ann_head, **params) -> "AnnIndex":
         """Return an index over the output layer (V, D) / (V,) built by ``kind``'s library with ``params``.
 
         hnsw: connectivity, expansion_add, expansion_search; ivf: lists (0 = 4 sqrt(V)), probe, seed.

@@ -21,7 +21,7 @@ import torch
 
 from seqrec.config import ServingConfig
 from seqrec.models.base import Recommender
-from seqrec.serving.ann import AnnIndex, tie_aware_recall
+from seqrec.serving.ann import AnnIndex, kind_params, tie_aware_recall
 from seqrec.serving.topk import DotProductIndex
 
 log = logging.getLogger(__name__)
@@ -177,10 +177,7 @@ def index_for(model: Recommender, model_path: Path | str | None, serving: Servin
 
 def index_params(serving: ServingConfig) -> dict:
     """Return ``AnnIndex.build``'s arguments from the serving settings (those of the chosen kind)."""
-    kind = {"hnsw": {"connectivity": serving.ann_connectivity, "expansion_add": serving.ann_expansion_add,
-                     "expansion_search": serving.ann_expansion_search},
-            "ivf": {"lists": serving.ann_lists, "probe": serving.ann_probe, "seed": 0}}[serving.ann_kind]
-    return {"kind": serving.ann_kind, "extra": serving.ann_extra, "head": serving.ann_head, **kind}
+    return {"kind": serving.ann_kind, "extra": serving.ann_extra, "head": serving.ann_head, **kind_params(serving)}
 
 
 def same_settings(ann: AnnIndex, serving: ServingConfig) -> bool:
